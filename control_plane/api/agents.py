@@ -1,0 +1,171 @@
+"""AgentService: the one long-lived stream each dataplane agent dials out to.
+
+First message: Hello with the join token. Then, concurrently: the agent's heartbeats and
+attempt updates are reconciled against the registry (one transaction each), and the
+session's outbox (launches, cancels, forgets, log requests) is written to the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+from fleet.v1 import agent_pb2, agent_pb2_grpc
+
+from control_plane.api.errors import Context, refuse
+from control_plane.api.jobs import cancel_message
+from control_plane.api.validation import name_problem
+from control_plane.clock import Clock
+from control_plane.domain.records import PoolRecord
+from control_plane.registry import DataplaneStore, ReportOutcome
+from control_plane.scheduler import Scheduler
+from control_plane.sessions import AgentSession, SessionHub
+from control_plane.wire import launch_message, pool_from_proto, reported_from_proto
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+CONTROL_PLANE_VERSION = "0.1.0"
+
+
+class ProtocolError(Exception):
+    """The agent sent something the contract does not allow."""
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        dataplanes: DataplaneStore,
+        scheduler: Scheduler,
+        hub: SessionHub,
+        clock: Clock,
+        *,
+        join_token: str,
+        heartbeat_interval: timedelta,
+    ) -> None:
+        self._dataplanes = dataplanes
+        self._scheduler = scheduler
+        self._hub = hub
+        self._clock = clock
+        self._join_token = join_token
+        self._heartbeat_interval = heartbeat_interval
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Context
+    ) -> None:
+        hello = await self._hello(request_iterator, context)
+        await self._dataplanes.register(
+            hello.dataplane, hello.region, hello.cloud, hello.labels, hello.agent_version,
+            self._clock.now(),
+        )
+        session = self._hub.open(hello.dataplane)
+        log.info("dataplane %s connected (session %s, agent %s)",
+                 hello.dataplane, session.session_id, hello.agent_version or "?")
+        welcome = agent_pb2.ControlMessage(
+            welcome=agent_pb2.Welcome(
+                session_id=session.session_id, control_plane_version=CONTROL_PLANE_VERSION
+            )
+        )
+        welcome.welcome.heartbeat_interval.FromTimedelta(self._heartbeat_interval)
+        await context.write(welcome)
+        reader = asyncio.create_task(self._read(request_iterator, session, hello))
+        try:
+            while (message := await session.outbox.get()) is not None:
+                await context.write(message)
+        finally:
+            reader.cancel()
+            self._hub.close(session, "stream ended")
+            self._scheduler.wake()
+            log.info("dataplane %s disconnected: %s", hello.dataplane, session.closed_reason)
+        error = None if reader.cancelled() else reader.exception()
+        if isinstance(error, ProtocolError):
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if error is not None:
+            await refuse(context, grpc.StatusCode.UNAVAILABLE,
+                         f"control plane could not record the report: {error}")
+
+    async def _hello(
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Context
+    ) -> agent_pb2.Hello:
+        try:
+            first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
+        except (TimeoutError, StopAsyncIteration):
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"hello: the agent sent no hello within {HELLO_TIMEOUT_S:.0f}s")
+        if first.WhichOneof("body") != "hello":
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "hello: the first message on the stream must be a hello")
+        hello = first.hello
+        if not hmac.compare_digest(hello.credential.encode(), self._join_token.encode()):
+            await refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                         f"hello.credential: join token not accepted for dataplane "
+                         f"{hello.dataplane!r}")
+        problem = name_problem("hello.dataplane", hello.dataplane)
+        if problem is None and not hello.region:
+            problem = "hello.region: required"
+        if problem is not None:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return hello
+
+    async def _read(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        session: AgentSession,
+        hello: agent_pb2.Hello,
+    ) -> None:
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("body")
+                if kind == "heartbeat":
+                    pools = _pools(hello, message.heartbeat)
+                    await self._report(session, pools, message.heartbeat.attempts, full_state=True)
+                elif kind == "attempt_update":
+                    await self._report(session, None, [message.attempt_update.status],
+                                       full_state=False)
+                elif kind == "log_chunk":
+                    self._hub.deliver_log(message.log_chunk)
+                else:
+                    raise ProtocolError(f"{kind or 'message'}: not allowed after the hello")
+        finally:
+            session.close("agent closed the stream")
+
+    async def _report(
+        self,
+        session: AgentSession,
+        pools: list[PoolRecord] | None,
+        statuses: list[agent_pb2.AttemptStatus] | object,
+        *,
+        full_state: bool,
+    ) -> None:
+        try:
+            reported = [reported_from_proto(s) for s in statuses]  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from exc
+        outcome: ReportOutcome = await self._dataplanes.apply_report(
+            session.dataplane, pools, reported, full_state=full_state, now=self._clock.now()
+        )
+        for attempt, spec in outcome.launches:
+            session.send(launch_message(attempt, spec))
+        for attempt_id in outcome.plan.cancel:
+            session.send(cancel_message(attempt_id, "the control plane does not want it"))
+        for attempt_id in outcome.plan.forget:
+            session.send(agent_pb2.ControlMessage(forget=agent_pb2.Forget(attempt_id=attempt_id)))
+        if outcome.changed_jobs:
+            self._hub.notify_jobs(outcome.changed_jobs)
+        if outcome.changed_jobs or pools is not None:
+            self._scheduler.wake()
+
+
+def _pools(hello: agent_pb2.Hello, heartbeat: agent_pb2.Heartbeat) -> list[PoolRecord]:
+    names = [p.name for p in heartbeat.pools]
+    if len(set(names)) != len(names):
+        raise ProtocolError("heartbeat.pools: pool names repeat")
+    try:
+        return [pool_from_proto(hello.dataplane, hello.region, hello.cloud, p)
+                for p in heartbeat.pools]
+    except ValueError as exc:
+        raise ProtocolError(f"heartbeat.{exc}") from exc

@@ -1,0 +1,206 @@
+"""JobService: what users, the CLI and the Flyte connector call."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import grpc
+from fleet.v1 import agent_pb2, jobs_pb2, jobs_pb2_grpc, types_pb2
+
+from control_plane.api.errors import Context, refuse
+from control_plane.api.validation import DEFAULT_DOMAIN, DEFAULT_RETRY_BUDGET, spec_problems
+from control_plane.clock import Clock
+from control_plane.domain.phases import JobPhase
+from control_plane.domain.placement import JobDemand, never_fits
+from control_plane.domain.records import JobRecord, NewJob
+from control_plane.registry import DataplaneStore, JobStore
+from control_plane.scheduler import Scheduler
+from control_plane.sessions import SessionHub
+from control_plane.wire import enum_from_proto, event_to_proto, job_to_proto, spec_to_json
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+DEFAULT_LOG_TAIL = 1 << 20
+LOG_CHUNK_TIMEOUT_S = 30.0
+
+
+class JobService(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        jobs: JobStore,
+        dataplanes: DataplaneStore,
+        scheduler: Scheduler,
+        hub: SessionHub,
+        clock: Clock,
+    ) -> None:
+        self._jobs = jobs
+        self._dataplanes = dataplanes
+        self._scheduler = scheduler
+        self._hub = hub
+        self._clock = clock
+
+    async def Submit(
+        self, request: jobs_pb2.SubmitRequest, context: Context
+    ) -> jobs_pb2.SubmitResponse:
+        spec = types_pb2.JobSpec()
+        spec.CopyFrom(request.spec)
+        problems = spec_problems(spec, request.client_key)
+        if problems:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "invalid job: " + "; ".join(problems))
+        spec.domain = spec.domain or DEFAULT_DOMAIN
+        if request.client_key:
+            existing = await self._jobs.by_client_key(spec.project, request.client_key)
+            if existing is not None:
+                return jobs_pb2.SubmitResponse(job=job_to_proto(existing), created=False)
+        new = _new_job(spec, request.client_key)
+        pools = [pool for dp in await self._dataplanes.list() for pool in dp.pools]
+        demand = JobDemand(new.id, new.gpus, new.gpu_model, new.min_gpu_memory_gb,
+                           new.pin_dataplane, new.allow_spot)
+        impossible = never_fits(demand, pools)
+        if impossible is not None:
+            await refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"no dataplane can ever run this job: {impossible}")
+        job, created = await self._jobs.submit(new, self._clock.now())
+        if created:
+            self._scheduler.wake()
+        return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
+
+    async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> types_pb2.Job:
+        return job_to_proto(await self._job(request.job_id, context))
+
+    async def List(
+        self, request: jobs_pb2.ListJobsRequest, context: Context
+    ) -> jobs_pb2.ListJobsResponse:
+        try:
+            phases = [enum_from_proto(JobPhase, p) for p in request.phases]
+        except ValueError as exc:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"phases: {exc}")
+        if request.page_size > MAX_PAGE:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"page_size: {request.page_size} is more than {MAX_PAGE}")
+        size = request.page_size or DEFAULT_PAGE
+        after = None
+        if request.page_token:
+            after = _decode_token(request.page_token)
+            if after is None:
+                await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                             "page_token: not a token this service returned")
+        jobs = await self._jobs.list(project=request.project, phases=phases,
+                                     dataplane=request.dataplane, limit=size + 1, after=after)
+        token = _encode_token(jobs[size - 1]) if len(jobs) > size else ""
+        return jobs_pb2.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in jobs[:size]], next_page_token=token
+        )
+
+    async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: Context) -> types_pb2.Job:
+        job, live = await self._jobs.cancel(request.job_id, request.reason, self._clock.now())
+        if job is None:
+            await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+        for attempt in live:
+            self._hub.send(attempt.dataplane, cancel_message(attempt.id, "cancelled by the user"))
+        self._hub.notify_jobs([job.id])
+        return job_to_proto(job)
+
+    async def Watch(
+        self, request: jobs_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[types_pb2.JobEvent]:
+        job = await self._job(request.job_id, context)
+        seq = request.after_seq
+        final = job.phase.final
+        while True:
+            events = await self._jobs.events_after(job.id, seq)
+            for event in events:
+                yield event_to_proto(event)
+                seq = event.seq
+                final = final or event.phase.final
+            if not events:
+                if final:
+                    return
+                await self._hub.wait_for_job(job.id, 1.0)
+                current = await self._jobs.get(job.id)
+                final = current is not None and current.phase.final
+
+    async def Logs(
+        self, request: jobs_pb2.JobLogsRequest, context: Context
+    ) -> AsyncIterator[types_pb2.LogChunk]:
+        job = await self._job(request.job_id, context)
+        attempts = [a for a in job.attempts if not request.attempt_id or a.id == request.attempt_id]
+        if not attempts:
+            what = f"attempt {request.attempt_id!r}" if request.attempt_id else "any attempt yet"
+            await refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"job {job.id} has no {what}")
+        attempt = attempts[-1]
+        relay = self._hub.request_log(attempt.dataplane, attempt.id,
+                                      request.tail_bytes or DEFAULT_LOG_TAIL)
+        if relay is None:
+            await refuse(context, grpc.StatusCode.UNAVAILABLE,
+                         f"dataplane {attempt.dataplane} is not connected; the log of "
+                         f"{attempt.id} stays in its region until it reconnects")
+        request_id, chunks = relay
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.get(), LOG_CHUNK_TIMEOUT_S)
+                except TimeoutError:
+                    await refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 f"dataplane {attempt.dataplane} did not send the log in time")
+                if chunk.error:
+                    await refuse(context, grpc.StatusCode.NOT_FOUND,
+                                 f"log of {attempt.id}: {chunk.error}")
+                yield types_pb2.LogChunk(data=chunk.data, eof=chunk.eof)
+                if chunk.eof:
+                    return
+        finally:
+            self._hub.end_log_request(request_id)
+
+    async def _job(self, job_id: str, context: Context) -> JobRecord:
+        if not job_id:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
+        job = await self._jobs.get(job_id)
+        if job is None:
+            await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
+        return job
+
+
+def cancel_message(attempt_id: str, reason: str) -> agent_pb2.ControlMessage:
+    message = agent_pb2.ControlMessage(
+        cancel=agent_pb2.Cancel(attempt_id=attempt_id, reason=reason)
+    )
+    message.cancel.grace_period.FromSeconds(30)
+    return message
+
+
+def _new_job(spec: types_pb2.JobSpec, client_key: str) -> NewJob:
+    return NewJob(
+        id="j-" + secrets.token_hex(6),
+        client_key=client_key or None,
+        project=spec.project,
+        domain=spec.domain,
+        name=spec.name,
+        spec=spec_to_json(spec),
+        priority=spec.priority,
+        gpus=spec.resources.gpus,
+        gpu_model=spec.resources.gpu_model,
+        min_gpu_memory_gb=spec.resources.min_gpu_memory_gb,
+        pin_dataplane=spec.routing.pin_dataplane,
+        allow_spot=spec.routing.allow_spot if spec.routing.HasField("allow_spot") else None,
+        retry_budget=spec.retry_budget if spec.HasField("retry_budget") else DEFAULT_RETRY_BUDGET,
+    )
+
+
+def _encode_token(job: JobRecord) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(token: str) -> tuple[datetime, str] | None:
+    try:
+        created, job_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        return None

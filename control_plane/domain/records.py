@@ -1,0 +1,114 @@
+"""Plain values that cross the registry's boundary; no SQLAlchemy types leave it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    dataplane: str
+    name: str
+    region: str
+    cloud: str
+    purchase_type: PurchaseType
+    gpu_model: str
+    gpu_memory_gb: int
+    gpu_total: int
+    gpu_free: int
+    interconnect: str = ""
+    price_per_gpu_hour: float = 0.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.dataplane, self.name)
+
+
+@dataclass(frozen=True)
+class DataplaneRecord:
+    name: str
+    region: str
+    cloud: str
+    labels: Mapping[str, str]
+    agent_version: str
+    last_heartbeat_at: datetime | None
+    pools: tuple[PoolRecord, ...]
+    active_attempts: int
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: str
+    job_id: str
+    epoch: int
+    dataplane: str
+    pool: str
+    gpus: int
+    phase: AttemptPhase
+    reason: str
+    message: str
+    exit_code: int | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    client_key: str | None
+    project: str
+    domain: str
+    name: str
+    spec: Mapping[str, Any]    # the JobSpec as protobuf JSON (field names as in the proto)
+    phase: JobPhase
+    message: str
+    priority: int
+    epoch: int
+    retries_used: int
+    retry_budget: int
+    current_attempt_id: str | None
+    dataplane: str | None
+    pool: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    job_id: str
+    at: datetime
+    phase: JobPhase
+    attempt_id: str | None
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submit, ready to be stored."""
+
+    id: str
+    client_key: str | None
+    project: str
+    domain: str
+    name: str
+    spec: Mapping[str, Any]
+    priority: int
+    gpus: int
+    gpu_model: str
+    min_gpu_memory_gb: int
+    pin_dataplane: str
+    allow_spot: bool | None
+    retry_budget: int

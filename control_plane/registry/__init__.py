@@ -1,0 +1,23 @@
+"""The registry: the control plane's only door to the database (SQLAlchemy stays inside).
+
+`Database` owns the engine and migrations; each store groups the queries of one caller:
+`JobStore` (the job API), `SchedulingStore` (the scheduler), `DataplaneStore` (agents and
+admin). Stores take and return plain records from `control_plane.domain.records`.
+"""
+
+from control_plane.registry.database import Database, DatabaseUrlError, redact
+from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome
+from control_plane.registry.jobs import JobStore
+from control_plane.registry.scheduling import PlacementOrder, QueuedJob, SchedulingStore
+
+__all__ = [
+    "Database",
+    "DatabaseUrlError",
+    "DataplaneStore",
+    "JobStore",
+    "PlacementOrder",
+    "QueuedJob",
+    "ReportOutcome",
+    "SchedulingStore",
+    "redact",
+]

@@ -1,0 +1,154 @@
+"""Jobs as users see them: submit (idempotent by client key), read, list, cancel, events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.domain.phases import AttemptPhase, JobPhase
+from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, NewJob
+from control_plane.registry.database import Database
+from control_plane.registry.rows import add_event, attempt_record, event_record, job_record
+from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow
+
+LIVE_ATTEMPT_PHASES = [p.value for p in AttemptPhase if not p.final]
+LIVE_JOB_PHASES = [p.value for p in JobPhase if not p.final]
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def submit(self, new: NewJob, now: datetime) -> tuple[JobRecord, bool]:
+        """Store a job; returns (job, created). A known client key returns the stored job."""
+        if new.client_key:
+            existing = await self.by_client_key(new.project, new.client_key)
+            if existing is not None:
+                return existing, False
+        try:
+            async with self._db.write() as session:
+                row = JobRow(
+                    id=new.id,
+                    client_key=new.client_key or None,
+                    project=new.project,
+                    domain=new.domain,
+                    name=new.name,
+                    spec=dict(new.spec),
+                    phase=JobPhase.QUEUED.value,
+                    message="waiting for the scheduler",
+                    priority=new.priority,
+                    gpus=new.gpus,
+                    gpu_model=new.gpu_model,
+                    min_gpu_memory_gb=new.min_gpu_memory_gb,
+                    pin_dataplane=new.pin_dataplane,
+                    allow_spot=new.allow_spot,
+                    epoch=0,
+                    retries_used=0,
+                    retry_budget=new.retry_budget,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                await session.flush()
+                add_event(session, row, "submitted", "", now)
+        except IntegrityError:
+            # A concurrent submit with the same client key won the insert.
+            if new.client_key:
+                existing = await self.by_client_key(new.project, new.client_key)
+                if existing is not None:
+                    return existing, False
+            raise
+        return job_record(row), True
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        async with self._db.read() as session:
+            row = await session.get(JobRow, job_id)
+            if row is None:
+                return None
+            attempts = await session.scalars(
+                sa.select(AttemptRow).where(AttemptRow.job_id == job_id)
+            )
+            return job_record(row, list(attempts))
+
+    async def list(
+        self,
+        *,
+        project: str = "",
+        phases: Sequence[JobPhase] = (),
+        dataplane: str = "",
+        limit: int = 100,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[JobRecord]:
+        """Newest first; `after` is the (created_at, id) of the previous page's last job."""
+        query = sa.select(JobRow)
+        if project:
+            query = query.where(JobRow.project == project)
+        if phases:
+            query = query.where(JobRow.phase.in_([p.value for p in phases]))
+        if dataplane:
+            query = query.where(JobRow.dataplane == dataplane)
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    JobRow.created_at < after[0],
+                    sa.and_(JobRow.created_at == after[0], JobRow.id < after[1]),
+                )
+            )
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+        async with self._db.read() as session:
+            return [job_record(row) for row in await session.scalars(query)]
+
+    async def cancel(
+        self, job_id: str, reason: str, now: datetime
+    ) -> tuple[JobRecord | None, list[AttemptRecord]]:
+        """Cancel a job that has not ended; returns the job and its live attempts to stop.
+
+        Cancelling an ended job changes nothing (and returns it as it is).
+        """
+        async with self._db.write() as session:
+            job = await session.get(JobRow, job_id, with_for_update=True)
+            if job is None:
+                return None, []
+            live: list[AttemptRow] = []
+            if not JobPhase(job.phase).final:
+                job.phase = JobPhase.CANCELLED.value
+                job.message = reason or "cancelled by the user"
+                job.updated_at = now
+                job.finished_at = now
+                live = list(
+                    await session.scalars(
+                        sa.select(AttemptRow).where(
+                            AttemptRow.job_id == job_id,
+                            AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
+                        )
+                    )
+                )
+                for attempt in live:
+                    attempt.cancel_requested = True
+                add_event(session, job, "cancelled", job.message, now)
+            attempts = await session.scalars(
+                sa.select(AttemptRow).where(AttemptRow.job_id == job_id)
+            )
+            return job_record(job, list(attempts)), [attempt_record(a) for a in live]
+
+    async def events_after(self, job_id: str, seq: int, limit: int = 500) -> list[EventRecord]:
+        query = (
+            sa.select(JobEventRow)
+            .where(JobEventRow.job_id == job_id, JobEventRow.seq > seq)
+            .order_by(JobEventRow.seq)
+            .limit(limit)
+        )
+        async with self._db.read() as session:
+            return [event_record(row) for row in await session.scalars(query)]
+
+    async def by_client_key(self, project: str, client_key: str) -> JobRecord | None:
+        async with self._db.read() as session:
+            row = await session.scalar(
+                sa.select(JobRow).where(JobRow.project == project, JobRow.client_key == client_key)
+            )
+            if row is None:
+                return None
+        return await self.get(row.id)

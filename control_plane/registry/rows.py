@@ -1,0 +1,141 @@
+"""Rows to records, and the one place attempt and job rows change together."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType, job_after_attempt
+from control_plane.domain.reconcile import AttemptChange
+from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, PoolRecord
+from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow, PoolRow
+
+
+def pool_record(row: PoolRow) -> PoolRecord:
+    return PoolRecord(
+        dataplane=row.dataplane,
+        name=row.name,
+        region=row.region,
+        cloud=row.cloud,
+        purchase_type=PurchaseType(row.purchase_type),
+        gpu_model=row.gpu_model,
+        gpu_memory_gb=row.gpu_memory_gb,
+        gpu_total=row.gpu_total,
+        gpu_free=row.gpu_free,
+        interconnect=row.interconnect,
+        price_per_gpu_hour=row.price_per_gpu_hour,
+        labels=dict(row.labels),
+    )
+
+
+def attempt_record(row: AttemptRow) -> AttemptRecord:
+    return AttemptRecord(
+        id=row.id,
+        job_id=row.job_id,
+        epoch=row.epoch,
+        dataplane=row.dataplane,
+        pool=row.pool,
+        gpus=row.gpus,
+        phase=AttemptPhase(row.phase),
+        reason=row.reason,
+        message=row.message,
+        exit_code=row.exit_code,
+        cancel_requested=row.cancel_requested,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def job_record(row: JobRow, attempts: list[AttemptRow] | None = None) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        client_key=row.client_key,
+        project=row.project,
+        domain=row.domain,
+        name=row.name,
+        spec=dict(row.spec),
+        phase=JobPhase(row.phase),
+        message=row.message,
+        priority=row.priority,
+        epoch=row.epoch,
+        retries_used=row.retries_used,
+        retry_budget=row.retry_budget,
+        current_attempt_id=row.current_attempt_id,
+        dataplane=row.dataplane,
+        pool=row.pool,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempts=tuple(attempt_record(a) for a in sorted(attempts or [], key=lambda a: a.epoch)),
+    )
+
+
+def event_record(row: JobEventRow) -> EventRecord:
+    return EventRecord(
+        seq=row.seq,
+        job_id=row.job_id,
+        at=row.at,
+        phase=JobPhase(row.phase),
+        attempt_id=row.attempt_id,
+        kind=row.kind,
+        message=row.message,
+    )
+
+
+def add_event(
+    session: AsyncSession,
+    job: JobRow,
+    kind: str,
+    message: str,
+    now: datetime,
+    attempt_id: str | None = None,
+) -> None:
+    session.add(
+        JobEventRow(
+            job_id=job.id, at=now, phase=job.phase, attempt_id=attempt_id, kind=kind,
+            message=message,
+        )
+    )
+
+
+async def apply_attempt_change(
+    session: AsyncSession, attempt: AttemptRow, change: AttemptChange, now: datetime
+) -> bool:
+    """Record an attempt's new phase and move its job if it is the job's current attempt.
+
+    Returns whether the job changed. A fenced attempt (not the job's current one) is
+    recorded for the history but never moves the job.
+    """
+    attempt.phase = change.phase.value
+    attempt.reason = change.reason or attempt.reason
+    attempt.message = change.message or attempt.message
+    if change.exit_code is not None:
+        attempt.exit_code = change.exit_code
+    if change.phase is AttemptPhase.RUNNING or (change.phase.final and change.started_at):
+        attempt.started_at = attempt.started_at or change.started_at or now
+    if change.phase.final:
+        attempt.finished_at = change.finished_at or now
+    job = await session.get(JobRow, attempt.job_id, with_for_update=True)
+    if job is None or job.current_attempt_id != attempt.id or job.epoch != attempt.epoch:
+        return False
+    detail = change.message or change.reason or change.phase.value
+    step = job_after_attempt(
+        JobPhase(job.phase), job.retries_used, job.retry_budget, change.phase, detail
+    )
+    if step is None:
+        return False
+    job.phase = step.phase.value
+    job.retries_used = step.retries_used
+    job.message = step.message if step.phase is not JobPhase.RUNNING else ""
+    job.updated_at = now
+    if step.phase is JobPhase.RUNNING:
+        job.started_at = job.started_at or attempt.started_at or now
+    if step.phase.final:
+        job.finished_at = now
+    if step.phase is JobPhase.QUEUED:
+        job.current_attempt_id = None
+    add_event(session, job, step.event, step.message, now, attempt.id)
+    return True

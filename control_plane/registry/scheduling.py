@@ -1,0 +1,123 @@
+"""What the scheduler reads and the one transaction in which it applies a plan."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from control_plane.domain.phases import AttemptPhase, JobPhase
+from control_plane.domain.placement import JobDemand, PoolKey
+from control_plane.domain.records import AttemptRecord
+from control_plane.registry.database import Database
+from control_plane.registry.rows import add_event, attempt_record
+from control_plane.registry.tables import AttemptRow, JobRow
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    demand: JobDemand
+    priority: int
+    created_at: datetime
+    message: str
+
+
+@dataclass(frozen=True)
+class PlacementOrder:
+    job_id: str
+    dataplane: str
+    pool: str
+    gpus: int
+    why: str
+
+
+class SchedulingStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def queued(self, limit: int) -> list[QueuedJob]:
+        """Queued jobs, higher priority first, then in submit order."""
+        query = (
+            sa.select(JobRow)
+            .where(JobRow.phase == JobPhase.QUEUED.value)
+            .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+            .limit(limit)
+        )
+        async with self._db.read() as session:
+            return [
+                QueuedJob(
+                    JobDemand(
+                        job_id=row.id,
+                        gpus=row.gpus,
+                        gpu_model=row.gpu_model,
+                        min_gpu_memory_gb=row.min_gpu_memory_gb,
+                        pin_dataplane=row.pin_dataplane,
+                        allow_spot=row.allow_spot,
+                    ),
+                    row.priority,
+                    row.created_at,
+                    row.message,
+                )
+                for row in await session.scalars(query)
+            ]
+
+    async def holds(self) -> dict[PoolKey, int]:
+        """GPUs placed on each pool that its agent has not reported holding yet."""
+        query = (
+            sa.select(AttemptRow.dataplane, AttemptRow.pool, sa.func.sum(AttemptRow.gpus))
+            .where(AttemptRow.phase == AttemptPhase.PENDING.value)
+            .group_by(AttemptRow.dataplane, AttemptRow.pool)
+        )
+        async with self._db.read() as session:
+            rows = (await session.execute(query)).all()
+        return {(dp, pool): int(gpus or 0) for dp, pool, gpus in rows}
+
+    async def apply(
+        self, orders: Sequence[PlacementOrder], waiting: dict[str, str], now: datetime
+    ) -> list[tuple[AttemptRecord, dict[str, Any]]]:
+        """Create the attempts of a plan in one transaction; note why the others wait.
+
+        A job that left QUEUED meanwhile (cancelled) is skipped: the conditional update
+        is what makes the plan safe against concurrent cancels.
+        """
+        created: list[tuple[AttemptRecord, dict[str, Any]]] = []
+        async with self._db.write() as session:
+            for order in orders:
+                job = await session.get(JobRow, order.job_id, with_for_update=True)
+                if job is None or job.phase != JobPhase.QUEUED.value:
+                    continue
+                epoch = job.epoch + 1
+                attempt = AttemptRow(
+                    id=f"{job.id}-{epoch}",
+                    job_id=job.id,
+                    epoch=epoch,
+                    dataplane=order.dataplane,
+                    pool=order.pool,
+                    gpus=order.gpus,
+                    phase=AttemptPhase.PENDING.value,
+                    reason="",
+                    message="",
+                    cancel_requested=False,
+                    created_at=now,
+                )
+                session.add(attempt)
+                job.epoch = epoch
+                job.phase = JobPhase.SCHEDULED.value
+                job.current_attempt_id = attempt.id
+                job.dataplane = order.dataplane
+                job.pool = order.pool
+                job.message = order.why
+                job.updated_at = now
+                add_event(session, job, "scheduled", order.why, now, attempt.id)
+                await session.flush()
+                created.append((attempt_record(attempt), dict(job.spec)))
+            for job_id, message in waiting.items():
+                await session.execute(
+                    sa.update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.phase == JobPhase.QUEUED.value)
+                    .values(message=message, updated_at=now)
+                )
+        return created

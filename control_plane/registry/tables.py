@@ -1,0 +1,151 @@
+"""The registry's tables. Alembic migrations (migrations/) are the schema; these mappings
+must match them (a test compares the two on an upgraded database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; stored naive UTC (SQLite drops offsets)."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; use aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+BigIntegerPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class DataplaneRow(Base):
+    __tablename__ = "dataplanes"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    cloud: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    first_seen_at: Mapped[datetime]
+    last_heartbeat_at: Mapped[datetime | None]
+
+
+class PoolRow(Base):
+    __tablename__ = "pools"
+
+    dataplane: Mapped[str] = mapped_column(
+        String(63), ForeignKey("dataplanes.name", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    region: Mapped[str] = mapped_column(String(64))
+    cloud: Mapped[str] = mapped_column(String(64))
+    purchase_type: Mapped[str] = mapped_column(String(16))
+    gpu_model: Mapped[str] = mapped_column(String(64))
+    gpu_memory_gb: Mapped[int]
+    gpu_total: Mapped[int]
+    gpu_free: Mapped[int]
+    interconnect: Mapped[str] = mapped_column(String(64), default="")
+    price_per_gpu_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime]
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("project", "client_key", name="uq_jobs_project_client_key"),
+        Index("ix_jobs_phase_priority", "phase", "priority", "created_at"),
+        Index("ix_jobs_project_created", "project", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_key: Mapped[str | None] = mapped_column(String(256))
+    project: Mapped[str] = mapped_column(String(63))
+    domain: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(253))
+    spec: Mapped[dict[str, Any]]
+    phase: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    priority: Mapped[int] = mapped_column(default=0)
+    # What the scheduler needs without parsing the spec.
+    gpus: Mapped[int]
+    gpu_model: Mapped[str] = mapped_column(String(64), default="")
+    min_gpu_memory_gb: Mapped[int] = mapped_column(default=0)
+    pin_dataplane: Mapped[str] = mapped_column(String(63), default="")
+    allow_spot: Mapped[bool | None] = mapped_column(Boolean)
+    epoch: Mapped[int] = mapped_column(default=0)
+    retries_used: Mapped[int] = mapped_column(default=0)
+    retry_budget: Mapped[int] = mapped_column(default=0)
+    current_attempt_id: Mapped[str | None] = mapped_column(String(48))
+    dataplane: Mapped[str | None] = mapped_column(String(63))
+    pool: Mapped[str | None] = mapped_column(String(63))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class AttemptRow(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_dataplane_phase", "dataplane", "phase"),)
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    epoch: Mapped[int]
+    dataplane: Mapped[str] = mapped_column(String(63))
+    pool: Mapped[str] = mapped_column(String(63))
+    gpus: Mapped[int]
+    phase: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobEventRow(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    phase: Mapped[str] = mapped_column(String(16))
+    attempt_id: Mapped[str | None] = mapped_column(String(48))
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,153 @@
+"""The scheduler: reads the queue and the fleet, asks the pure placement for a plan,
+applies the plan in one transaction, then tells the agents. It also runs the lost timer.
+
+One place applies plans (`SchedulingStore.apply`); the plan itself comes from
+`domain.placement`, which has no I/O and is tested directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from control_plane.clock import Clock
+from control_plane.domain.health import Timers, expiry_suspended
+from control_plane.domain.phases import DataplaneHealth
+from control_plane.domain.placement import DataplaneView, ledger_for, place
+from control_plane.domain.records import DataplaneRecord
+from control_plane.registry import DataplaneStore, PlacementOrder, SchedulingStore
+from control_plane.sessions import SessionHub
+from control_plane.wire import launch_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    placed: int
+    waiting: int
+    expired_jobs: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        scheduling: SchedulingStore,
+        dataplanes: DataplaneStore,
+        hub: SessionHub,
+        clock: Clock,
+        timers: Timers,
+        *,
+        interval_s: float = 1.0,
+        batch: int = 1000,
+    ) -> None:
+        self._scheduling = scheduling
+        self._dataplanes = dataplanes
+        self._hub = hub
+        self._clock = clock
+        self._timers = timers
+        self._interval_s = interval_s
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._suspended_logged = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def views(self, records: list[DataplaneRecord]) -> list[DataplaneView]:
+        now = self._clock.now()
+        connected = self._hub.connected()
+        return [
+            DataplaneView(
+                r.name, self._timers.health(r.last_heartbeat_at, now), r.name in connected, r.pools
+            )
+            for r in records
+        ]
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled; a failing pass is logged and retried."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler pass failed; retrying in %.1fs", self._interval_s)
+
+    async def tick(self) -> PassResult:
+        records = await self._dataplanes.list()
+        expired = await self._expire_lost(records)
+        placed, waiting = 0, 0
+        while True:
+            placed_now, waiting_now, full = await self._place_batch(records)
+            placed += placed_now
+            waiting += waiting_now
+            if not full or placed_now == 0:
+                break
+            records = await self._dataplanes.list()
+        return PassResult(placed, waiting, expired)
+
+    async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
+        views = self.views(records)
+        ledger = ledger_for(views, await self._scheduling.holds())
+        queued = await self._scheduling.queued(self._batch)
+        orders: list[PlacementOrder] = []
+        waiting: dict[str, str] = {}
+        for job in queued:
+            decision = place(job.demand, views, ledger)
+            if decision.placement is None:
+                if decision.summary != job.message:
+                    waiting[job.demand.job_id] = decision.summary
+                continue
+            ledger.take(decision.placement, job.demand.gpus)
+            chosen = decision.candidates[0]
+            orders.append(
+                PlacementOrder(
+                    job.demand.job_id,
+                    chosen.dataplane,
+                    chosen.pool,
+                    job.demand.gpus,
+                    f"placed on {chosen.dataplane}/{chosen.pool}: {chosen.reason}",
+                )
+            )
+        if not orders and not waiting:
+            return 0, 0, False
+        created = await self._scheduling.apply(orders, waiting, self._clock.now())
+        for attempt, spec in created:
+            self._hub.send(attempt.dataplane, launch_message(attempt, spec))
+            log.info("placed %s on %s/%s", attempt.id, attempt.dataplane, attempt.pool)
+        self._hub.notify_jobs(attempt.job_id for attempt, _ in created)
+        return len(created), len(queued) - len(created), len(queued) == self._batch
+
+    async def _expire_lost(self, records: list[DataplaneRecord]) -> int:
+        now = self._clock.now()
+        heard = [self._timers.heard_at(r.last_heartbeat_at) for r in records]
+        if expiry_suspended(heard, now, self._timers.stale_after):
+            if not self._suspended_logged and any(r.active_attempts for r in records):
+                log.warning(
+                    "no dataplane has been heard for %s: suspecting the control plane's own "
+                    "network, so no attempt is declared lost",
+                    self._timers.stale_after,
+                )
+                self._suspended_logged = True
+            return 0
+        self._suspended_logged = False
+        lost = [
+            r.name
+            for r in records
+            if r.active_attempts
+            and self._timers.health(r.last_heartbeat_at, now) is DataplaneHealth.LOST
+        ]
+        if not lost:
+            return 0
+        changed = await self._dataplanes.expire(lost, now)
+        if changed:
+            log.warning("dataplanes %s lost: %d jobs requeued or failed", lost, len(changed))
+            self._hub.notify_jobs(changed)
+        return len(changed)

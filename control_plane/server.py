@@ -1,0 +1,131 @@
+"""Wiring: the registry, the scheduler, the servicers and one grpc.aio server.
+
+`start()` returns a running control plane (tests use it in-process); `serve()` is the
+blocking entry point of `fleet control-plane`, stopping cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control_plane.api.admin import AdminService
+from control_plane.api.agents import AgentService
+from control_plane.api.jobs import JobService
+from control_plane.clock import Clock, SystemClock
+from control_plane.domain.health import Timers
+from control_plane.registry import Database, DataplaneStore, JobStore, SchedulingStore, redact
+from control_plane.scheduler import Scheduler
+from control_plane.sessions import SessionHub
+from control_plane.settings import ControlPlaneSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass
+class RunningControlPlane:
+    port: int
+    server: grpc.aio.Server
+    database: Database
+    scheduler: Scheduler
+    scheduler_task: asyncio.Task[None]
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.scheduler_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.scheduler_task
+        await self.server.stop(grace_s)
+        await self.database.close()
+
+
+async def start(settings: ControlPlaneSettings, clock: Clock | None = None) -> RunningControlPlane:
+    clock = clock or SystemClock()
+    if not settings.join_token:
+        raise SettingsError("join token: required (--join-token or FLEET_JOIN_TOKEN)")
+    timers = Timers(
+        timedelta(seconds=settings.stale_after_s),
+        timedelta(seconds=settings.lost_after_s),
+        clock.now(),
+    )
+    database = Database(settings.database_url)
+    if settings.migrate:
+        await database.migrate()
+    jobs, dataplanes = JobStore(database), DataplaneStore(database)
+    hub = SessionHub()
+    scheduler = Scheduler(SchedulingStore(database), dataplanes, hub, clock, timers,
+                          interval_s=settings.schedule_interval_s)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(
+        JobService(jobs, dataplanes, scheduler, hub, clock), server
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentService(dataplanes, scheduler, hub, clock, join_token=settings.join_token,
+                     heartbeat_interval=timedelta(seconds=settings.heartbeat_interval_s)),
+        server,
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminService(dataplanes, hub, clock, timers), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise SettingsError(f"listen: cannot bind {settings.listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+    log.info("control plane listening on port %d, database %s", port, redact(database.url))
+    if settings.port_file:
+        Path(settings.port_file).write_text(f"{port}\n")
+    return RunningControlPlane(port, server, database, scheduler, scheduler_task, health_servicer)
+
+
+def serve(settings: ControlPlaneSettings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: ControlPlaneSettings) -> None:
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await running.stop()

@@ -128,15 +128,12 @@ class DataplaneStore:
         async with self._db.read() as session:
             dataplanes = list(await session.scalars(sa.select(DataplaneRow).order_by(DataplaneRow.name)))
             pools = list(await session.scalars(sa.select(PoolRow).order_by(PoolRow.name)))
-            active = dict(
-                (
-                    await session.execute(
-                        sa.select(AttemptRow.dataplane, sa.func.count())
-                        .where(AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES))
-                        .group_by(AttemptRow.dataplane)
-                    )
-                ).tuples().all()
+            counts = await session.execute(
+                sa.select(AttemptRow.dataplane, sa.func.count())
+                .where(AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES))
+                .group_by(AttemptRow.dataplane)
             )
+            active = {dataplane: int(count) for dataplane, count in counts}
         by_dataplane: dict[str, list[PoolRecord]] = {}
         for pool in pools:
             by_dataplane.setdefault(pool.dataplane, []).append(pool_record(pool))

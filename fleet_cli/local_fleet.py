@@ -1,0 +1,142 @@
+"""A fleet of local processes: one control plane and several agents, each a real
+subprocess of `fleet`, with logs in one folder. `fleet demo` and the end-to-end tests use
+it; stopping it leaves no process behind (also after Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+STOP_TIMEOUT_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AgentProcess:
+    name: str
+    pools_file: Path
+    workdir: Path
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class LocalFleet:
+    root: Path
+    database_url: str = ""
+    heartbeat_interval_s: float = 1.0
+    stale_after_s: float = 5.0
+    lost_after_s: float = 15.0
+    join_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    port: int = field(default_factory=free_port)
+    control_plane: subprocess.Popen[bytes] | None = None
+    agents: dict[str, AgentProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "FLEET_JOIN_TOKEN": self.join_token, "PYTHONUNBUFFERED": "1"}
+
+    def _spawn(self, args: list[str], log_file: Path) -> subprocess.Popen[bytes]:
+        with log_file.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "fleet_cli", *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._env(),
+                # Own process group: Ctrl-C in the terminal reaches only us, and we stop
+                # the fleet in order.
+                start_new_session=True,
+            )
+
+    def start_control_plane(self) -> None:
+        url = self.database_url or f"sqlite:///{self.root / 'control-plane.db'}"
+        self.control_plane = self._spawn(
+            [
+                "control-plane", "--listen", self.address, "--db", url,
+                "--heartbeat-interval", str(self.heartbeat_interval_s),
+                "--stale-after", str(self.stale_after_s),
+                "--lost-after", str(self.lost_after_s),
+            ],
+            self.root / "control-plane.log",
+        )
+
+    def add_agent(self, name: str, pool_file: dict[str, Any]) -> AgentProcess:
+        folder = self.root / "agents" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pools_file = folder / "pools.yaml"
+        pools_file.write_text(yaml.safe_dump(pool_file, sort_keys=False))
+        agent = AgentProcess(name, pools_file, folder / "work", folder / "agent.log")
+        self.agents[name] = agent
+        self.start_agent(name)
+        return agent
+
+    def start_agent(self, name: str) -> None:
+        agent = self.agents[name]
+        agent.process = self._spawn(
+            ["agent", "--control-plane", self.address, "--pools", str(agent.pools_file),
+             "--workdir", str(agent.workdir)],
+            agent.log_file,
+        )
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.agents[name].process
+        if process is not None:
+            process.send_signal(sig)
+            process.wait(STOP_TIMEOUT_S)
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if a process of the fleet died."""
+        processes = [("control plane", self.control_plane, self.root / "control-plane.log")]
+        processes += [(f"agent {a.name}", a.process, a.log_file) for a in self.agents.values()]
+        for what, process, log_file in processes:
+            if process is not None and process.poll() is not None:
+                tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+                raise RuntimeError(f"{what} exited with code {process.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        """Stop agents, then the control plane, then any attempt process left running."""
+        from dataplane_agent import stop_all_attempts
+
+        processes = [a.process for a in self.agents.values()] + [self.control_plane]
+        running = [p for p in processes if p is not None and p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for agent in self.agents.values():
+            if agent.workdir.exists():
+                stop_all_attempts(agent.workdir)
+
+    def __enter__(self) -> LocalFleet:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -8,6 +8,7 @@ One place applies plans (`SchedulingStore.apply`); the plan itself comes from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -68,10 +69,8 @@ class Scheduler:
     async def run(self) -> None:
         """Pass after pass until cancelled; a failing pass is logged and retried."""
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.tick()
@@ -81,7 +80,7 @@ class Scheduler:
                 log.exception("scheduler pass failed; retrying in %.1fs", self._interval_s)
 
     async def tick(self) -> PassResult:
-        records = await self._dataplanes.list()
+        records = await self._dataplanes.list_dataplanes()
         expired = await self._expire_lost(records)
         placed, waiting = 0, 0
         while True:
@@ -90,7 +89,7 @@ class Scheduler:
             waiting += waiting_now
             if not full or placed_now == 0:
                 break
-            records = await self._dataplanes.list()
+            records = await self._dataplanes.list_dataplanes()
         return PassResult(placed, waiting, expired)
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:

@@ -81,15 +81,27 @@ async def start(settings: ControlPlaneSettings, clock: Clock | None = None) -> R
         await database.migrate()
     jobs, dataplanes = JobStore(database), DataplaneStore(database)
     hub = SessionHub()
-    scheduler = Scheduler(SchedulingStore(database), dataplanes, hub, clock, timers,
-                          interval_s=settings.schedule_interval_s)
+    scheduler = Scheduler(
+        SchedulingStore(database),
+        dataplanes,
+        hub,
+        clock,
+        timers,
+        interval_s=settings.schedule_interval_s,
+    )
     server = grpc.aio.server(options=SERVER_OPTIONS)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(
         JobService(jobs, dataplanes, scheduler, hub, clock), server
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentService(dataplanes, scheduler, hub, clock, join_token=settings.join_token,
-                     heartbeat_interval=timedelta(seconds=settings.heartbeat_interval_s)),
+        AgentService(
+            dataplanes,
+            scheduler,
+            hub,
+            clock,
+            join_token=settings.join_token,
+            heartbeat_interval=timedelta(seconds=settings.heartbeat_interval_s),
+        ),
         server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -98,8 +110,11 @@ async def start(settings: ControlPlaneSettings, clock: Clock | None = None) -> R
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(settings.listen)

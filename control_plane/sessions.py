@@ -9,6 +9,7 @@ come back here, matched by request id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import Iterable
@@ -104,7 +105,5 @@ class SessionHub:
     async def wait_for_job(self, job_id: str, timeout_s: float) -> None:
         """Return when the job changes or after timeout_s (watchers also poll)."""
         signal = self._job_signals.setdefault(job_id, asyncio.Event())
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(signal.wait(), timeout_s)
-        except TimeoutError:
-            pass

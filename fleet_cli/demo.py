@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from fleet.v1 import types_pb2
 from rich.console import Console, Group
 from rich.live import Live
@@ -34,29 +35,64 @@ DATAPLANES: dict[str, dict[str, Any]] = {
     "onprem-dc1": {
         "dataplane": {"name": "onprem-dc1", "region": "us-east-dc1", "cloud": "onprem"},
         "pools": [
-            {"name": "h100", "purchase_type": "reserved", "gpu_model": "H100",
-             "gpu_memory_gb": 80, "gpu_count": 8, "price_per_gpu_hour": 1.10,
-             "interconnect": "nvlink"},
+            {
+                "name": "h100",
+                "purchase_type": "reserved",
+                "gpu_model": "H100",
+                "gpu_memory_gb": 80,
+                "gpu_count": 8,
+                "price_per_gpu_hour": 1.10,
+                "interconnect": "nvlink",
+            },
         ],
     },
     "aws-us-east-1": {
         "dataplane": {"name": "aws-us-east-1", "region": "us-east-1", "cloud": "aws"},
         "pools": [
-            {"name": "a100", "purchase_type": "on_demand", "gpu_model": "A100",
-             "gpu_memory_gb": 80, "gpu_count": 8, "price_per_gpu_hour": 4.10},
-            {"name": "h100", "purchase_type": "on_demand", "gpu_model": "H100",
-             "gpu_memory_gb": 80, "gpu_count": 8, "price_per_gpu_hour": 6.90},
-            {"name": "cpu", "purchase_type": "on_demand", "gpu_model": "",
-             "gpu_memory_gb": 0, "gpu_count": 0},
+            {
+                "name": "a100",
+                "purchase_type": "on_demand",
+                "gpu_model": "A100",
+                "gpu_memory_gb": 80,
+                "gpu_count": 8,
+                "price_per_gpu_hour": 4.10,
+            },
+            {
+                "name": "h100",
+                "purchase_type": "on_demand",
+                "gpu_model": "H100",
+                "gpu_memory_gb": 80,
+                "gpu_count": 8,
+                "price_per_gpu_hour": 6.90,
+            },
+            {
+                "name": "cpu",
+                "purchase_type": "on_demand",
+                "gpu_model": "",
+                "gpu_memory_gb": 0,
+                "gpu_count": 0,
+            },
         ],
     },
     "gcp-europe-west4-spot": {
         "dataplane": {"name": "gcp-europe-west4-spot", "region": "europe-west4", "cloud": "gcp"},
         "pools": [
-            {"name": "l4", "purchase_type": "spot", "gpu_model": "L4",
-             "gpu_memory_gb": 24, "gpu_count": 8, "price_per_gpu_hour": 0.25},
-            {"name": "h100", "purchase_type": "spot", "gpu_model": "H100",
-             "gpu_memory_gb": 80, "gpu_count": 8, "price_per_gpu_hour": 2.20},
+            {
+                "name": "l4",
+                "purchase_type": "spot",
+                "gpu_model": "L4",
+                "gpu_memory_gb": 24,
+                "gpu_count": 8,
+                "price_per_gpu_hour": 0.25,
+            },
+            {
+                "name": "h100",
+                "purchase_type": "spot",
+                "gpu_model": "H100",
+                "gpu_memory_gb": 80,
+                "gpu_count": 8,
+                "price_per_gpu_hour": 2.20,
+            },
         ],
     },
 }
@@ -99,6 +135,15 @@ JOB_PROGRAM = (
 )
 
 
+def demo_command(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the demo's folder (database, logs) afterwards.")
+    ] = False,
+) -> None:
+    """Run the whole fleet on this machine: a control plane, three agents, a dozen jobs."""
+    raise typer.Exit(run_demo(keep))
+
+
 def run_demo(keep: bool = False, console: Console | None = None) -> int:
     console = console or Console()
     root = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
@@ -114,8 +159,11 @@ def run_demo(keep: bool = False, console: Console | None = None) -> int:
             jobs = _follow(fleet, client, ids, console)
             console.print(_summary(jobs, client))
         succeeded = sum(job.phase == P.JOB_PHASE_SUCCEEDED for job in jobs)
-        console.print(f"{succeeded} of {len(jobs)} jobs succeeded; logs in {root}"
-                      if keep else f"{succeeded} of {len(jobs)} jobs succeeded")
+        console.print(
+            f"{succeeded} of {len(jobs)} jobs succeeded; logs in {root}"
+            if keep
+            else f"{succeeded} of {len(jobs)} jobs succeeded"
+        )
         return 0 if succeeded == len(jobs) else 1
     except KeyboardInterrupt:
         console.print("interrupted: stopping the fleet")
@@ -149,7 +197,9 @@ def _submit_all(client: FleetClient) -> list[str]:
     ids = []
     for job in JOBS:
         spec = P.JobSpec(
-            project="demo", domain="development", name=job.name,
+            project="demo",
+            domain="development",
+            name=job.name,
             command=[sys.executable, "-c", JOB_PROGRAM, str(job.seconds)],
             resources=P.Resources(gpus=job.gpus, gpu_model=job.gpu_model),
             routing=P.RoutingHints(allow_spot=job.allow_spot),
@@ -181,8 +231,13 @@ def _progress(jobs: list[types_pb2.Job]) -> Table:
         table.add_column(column)
     for job in jobs:
         where = f"{job.dataplane}/{job.pool}" if job.dataplane else ""
-        table.add_row(job.spec.name, resources_text(job.spec.resources), job_phase_word(job.phase),
-                      where, job.message[:70])
+        table.add_row(
+            job.spec.name,
+            resources_text(job.spec.resources),
+            job_phase_word(job.phase),
+            where,
+            job.message[:70],
+        )
     return table
 
 
@@ -197,7 +252,14 @@ def _summary(jobs: list[types_pb2.Job], client: FleetClient) -> Table:
     for column in ("job", "needs", "dataplane", "pool", "tier", "attempts", "took", "result"):
         table.add_column(column)
     for job in jobs:
-        table.add_row(job.spec.name, resources_text(job.spec.resources), job.dataplane,
-                      job.pool, tiers.get((job.dataplane, job.pool), ""),
-                      str(len(job.attempts)), run_time(job, now), job_phase_word(job.phase))
+        table.add_row(
+            job.spec.name,
+            resources_text(job.spec.resources),
+            job.dataplane,
+            job.pool,
+            tiers.get((job.dataplane, job.pool), ""),
+            str(len(job.attempts)),
+            run_time(job, now),
+            job_phase_word(job.phase),
+        )
     return table

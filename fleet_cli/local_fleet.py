@@ -62,7 +62,9 @@ class LocalFleet:
         with log_file.open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "fleet_cli", *args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env=self._env(),
                 # Own process group: Ctrl-C in the terminal reaches only us, and we stop
                 # the fleet in order.
@@ -73,10 +75,17 @@ class LocalFleet:
         url = self.database_url or f"sqlite:///{self.root / 'control-plane.db'}"
         self.control_plane = self._spawn(
             [
-                "control-plane", "--listen", self.address, "--db", url,
-                "--heartbeat-interval", str(self.heartbeat_interval_s),
-                "--stale-after", str(self.stale_after_s),
-                "--lost-after", str(self.lost_after_s),
+                "control-plane",
+                "--listen",
+                self.address,
+                "--db",
+                url,
+                "--heartbeat-interval",
+                str(self.heartbeat_interval_s),
+                "--stale-after",
+                str(self.stale_after_s),
+                "--lost-after",
+                str(self.lost_after_s),
             ],
             self.root / "control-plane.log",
         )
@@ -94,8 +103,15 @@ class LocalFleet:
     def start_agent(self, name: str) -> None:
         agent = self.agents[name]
         agent.process = self._spawn(
-            ["agent", "--control-plane", self.address, "--pools", str(agent.pools_file),
-             "--workdir", str(agent.workdir)],
+            [
+                "agent",
+                "--control-plane",
+                self.address,
+                "--pools",
+                str(agent.pools_file),
+                "--workdir",
+                str(agent.workdir),
+            ],
             agent.log_file,
         )
 
@@ -137,6 +153,9 @@ class LocalFleet:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

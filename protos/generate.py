@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc  # type: ignore[import-untyped]
+from grpc_tools import protoc
 
 HERE = Path(__file__).resolve().parent
 PROTO_PACKAGE = Path("fleet") / "v1"

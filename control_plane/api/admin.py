@@ -29,9 +29,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListDataplanesResponse(
             dataplanes=[
                 dataplane_to_proto(
-                    record, self._timers.health(record.last_heartbeat_at, now),
+                    record,
+                    self._timers.health(record.last_heartbeat_at, now),
                     record.name in connected,
                 )
-                for record in await self._dataplanes.list()
+                for record in await self._dataplanes.list_dataplanes()
             ]
         )

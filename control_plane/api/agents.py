@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 
 import grpc
@@ -54,17 +54,27 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._join_token = join_token
         self._heartbeat_interval = heartbeat_interval
 
-    async def Connect(
+    # The generated base types Connect as returning an iterator; this handler writes with
+    # context.write instead, so that reads and writes run concurrently.
+    async def Connect(  # type: ignore[override]
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Context
     ) -> None:
         hello = await self._hello(request_iterator, context)
         await self._dataplanes.register(
-            hello.dataplane, hello.region, hello.cloud, hello.labels, hello.agent_version,
+            hello.dataplane,
+            hello.region,
+            hello.cloud,
+            hello.labels,
+            hello.agent_version,
             self._clock.now(),
         )
         session = self._hub.open(hello.dataplane)
-        log.info("dataplane %s connected (session %s, agent %s)",
-                 hello.dataplane, session.session_id, hello.agent_version or "?")
+        log.info(
+            "dataplane %s connected (session %s, agent %s)",
+            hello.dataplane,
+            session.session_id,
+            hello.agent_version or "?",
+        )
         welcome = agent_pb2.ControlMessage(
             welcome=agent_pb2.Welcome(
                 session_id=session.session_id, control_plane_version=CONTROL_PLANE_VERSION
@@ -85,8 +95,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if isinstance(error, ProtocolError):
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if error is not None:
-            await refuse(context, grpc.StatusCode.UNAVAILABLE,
-                         f"control plane could not record the report: {error}")
+            await refuse(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"control plane could not record the report: {error}",
+            )
 
     async def _hello(
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Context
@@ -94,16 +107,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
         except (TimeoutError, StopAsyncIteration):
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"hello: the agent sent no hello within {HELLO_TIMEOUT_S:.0f}s")
+            await refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello: the agent sent no hello within {HELLO_TIMEOUT_S:.0f}s",
+            )
         if first.WhichOneof("body") != "hello":
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "hello: the first message on the stream must be a hello")
+            await refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "hello: the first message on the stream must be a hello",
+            )
         hello = first.hello
         if not hmac.compare_digest(hello.credential.encode(), self._join_token.encode()):
-            await refuse(context, grpc.StatusCode.UNAUTHENTICATED,
-                         f"hello.credential: join token not accepted for dataplane "
-                         f"{hello.dataplane!r}")
+            await refuse(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"hello.credential: join token not accepted for dataplane {hello.dataplane!r}",
+            )
         problem = name_problem("hello.dataplane", hello.dataplane)
         if problem is None and not hello.region:
             problem = "hello.region: required"
@@ -124,8 +145,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     pools = _pools(hello, message.heartbeat)
                     await self._report(session, pools, message.heartbeat.attempts, full_state=True)
                 elif kind == "attempt_update":
-                    await self._report(session, None, [message.attempt_update.status],
-                                       full_state=False)
+                    await self._report(
+                        session, None, [message.attempt_update.status], full_state=False
+                    )
                 elif kind == "log_chunk":
                     self._hub.deliver_log(message.log_chunk)
                 else:
@@ -137,12 +159,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self,
         session: AgentSession,
         pools: list[PoolRecord] | None,
-        statuses: list[agent_pb2.AttemptStatus] | object,
+        statuses: Iterable[agent_pb2.AttemptStatus],
         *,
         full_state: bool,
     ) -> None:
         try:
-            reported = [reported_from_proto(s) for s in statuses]  # type: ignore[attr-defined]
+            reported = [reported_from_proto(s) for s in statuses]
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
         outcome: ReportOutcome = await self._dataplanes.apply_report(
@@ -165,7 +187,8 @@ def _pools(hello: agent_pb2.Hello, heartbeat: agent_pb2.Heartbeat) -> list[PoolR
     if len(set(names)) != len(names):
         raise ProtocolError("heartbeat.pools: pool names repeat")
     try:
-        return [pool_from_proto(hello.dataplane, hello.region, hello.cloud, p)
-                for p in heartbeat.pools]
+        return [
+            pool_from_proto(hello.dataplane, hello.region, hello.cloud, p) for p in heartbeat.pools
+        ]
     except ValueError as exc:
         raise ProtocolError(f"heartbeat.{exc}") from exc

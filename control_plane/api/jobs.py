@@ -50,21 +50,31 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         spec.CopyFrom(request.spec)
         problems = spec_problems(spec, request.client_key)
         if problems:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "invalid job: " + "; ".join(problems))
+            await refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "invalid job: " + "; ".join(problems)
+            )
         spec.domain = spec.domain or DEFAULT_DOMAIN
         if request.client_key:
             existing = await self._jobs.by_client_key(spec.project, request.client_key)
             if existing is not None:
                 return jobs_pb2.SubmitResponse(job=job_to_proto(existing), created=False)
         new = _new_job(spec, request.client_key)
-        pools = [pool for dp in await self._dataplanes.list() for pool in dp.pools]
-        demand = JobDemand(new.id, new.gpus, new.gpu_model, new.min_gpu_memory_gb,
-                           new.pin_dataplane, new.allow_spot)
+        pools = [pool for dp in await self._dataplanes.list_dataplanes() for pool in dp.pools]
+        demand = JobDemand(
+            new.id,
+            new.gpus,
+            new.gpu_model,
+            new.min_gpu_memory_gb,
+            new.pin_dataplane,
+            new.allow_spot,
+        )
         impossible = never_fits(demand, pools)
         if impossible is not None:
-            await refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
-                         f"no dataplane can ever run this job: {impossible}")
+            await refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no dataplane can ever run this job: {impossible}",
+            )
         job, created = await self._jobs.submit(new, self._clock.now())
         if created:
             self._scheduler.wake()
@@ -81,17 +91,28 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         except ValueError as exc:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"phases: {exc}")
         if request.page_size > MAX_PAGE:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"page_size: {request.page_size} is more than {MAX_PAGE}")
+            await refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"page_size: {request.page_size} is more than {MAX_PAGE}",
+            )
         size = request.page_size or DEFAULT_PAGE
         after = None
         if request.page_token:
             after = _decode_token(request.page_token)
             if after is None:
-                await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                             "page_token: not a token this service returned")
-        jobs = await self._jobs.list(project=request.project, phases=phases,
-                                     dataplane=request.dataplane, limit=size + 1, after=after)
+                await refuse(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "page_token: not a token this service returned",
+                )
+        jobs = await self._jobs.list_jobs(
+            project=request.project,
+            phases=phases,
+            dataplane=request.dataplane,
+            limit=size + 1,
+            after=after,
+        )
         token = _encode_token(jobs[size - 1]) if len(jobs) > size else ""
         return jobs_pb2.ListJobsResponse(
             jobs=[job_to_proto(j) for j in jobs[:size]], next_page_token=token
@@ -132,26 +153,35 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         attempts = [a for a in job.attempts if not request.attempt_id or a.id == request.attempt_id]
         if not attempts:
             what = f"attempt {request.attempt_id!r}" if request.attempt_id else "any attempt yet"
-            await refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
-                         f"job {job.id} has no {what}")
+            await refuse(
+                context, grpc.StatusCode.FAILED_PRECONDITION, f"job {job.id} has no {what}"
+            )
         attempt = attempts[-1]
-        relay = self._hub.request_log(attempt.dataplane, attempt.id,
-                                      request.tail_bytes or DEFAULT_LOG_TAIL)
+        relay = self._hub.request_log(
+            attempt.dataplane, attempt.id, request.tail_bytes or DEFAULT_LOG_TAIL
+        )
         if relay is None:
-            await refuse(context, grpc.StatusCode.UNAVAILABLE,
-                         f"dataplane {attempt.dataplane} is not connected; the log of "
-                         f"{attempt.id} stays in its region until it reconnects")
+            await refuse(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"dataplane {attempt.dataplane} is not connected; the log of "
+                f"{attempt.id} stays in its region until it reconnects",
+            )
         request_id, chunks = relay
         try:
             while True:
                 try:
                     chunk = await asyncio.wait_for(chunks.get(), LOG_CHUNK_TIMEOUT_S)
                 except TimeoutError:
-                    await refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 f"dataplane {attempt.dataplane} did not send the log in time")
+                    await refuse(
+                        context,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"dataplane {attempt.dataplane} did not send the log in time",
+                    )
                 if chunk.error:
-                    await refuse(context, grpc.StatusCode.NOT_FOUND,
-                                 f"log of {attempt.id}: {chunk.error}")
+                    await refuse(
+                        context, grpc.StatusCode.NOT_FOUND, f"log of {attempt.id}: {chunk.error}"
+                    )
                 yield types_pb2.LogChunk(data=chunk.data, eof=chunk.eof)
                 if chunk.eof:
                     return

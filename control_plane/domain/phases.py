@@ -108,7 +108,7 @@ class JobStep:
 
     phase: JobPhase
     retries_used: int
-    event: str       # event kind recorded in the job's history
+    event: str  # event kind recorded in the job's history
     message: str
 
 

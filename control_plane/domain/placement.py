@@ -26,7 +26,7 @@ PoolKey = tuple[str, str]  # (dataplane, pool)
 class JobDemand:
     job_id: str
     gpus: int
-    gpu_model: str = ""            # empty: any model
+    gpu_model: str = ""  # empty: any model
     min_gpu_memory_gb: int = 0
     pin_dataplane: str = ""
     allow_spot: bool | None = None  # None: the (default) policy allows spot
@@ -122,7 +122,9 @@ def place(
     best = fits[0]
     chosen = Candidate(best.dataplane, best.name, True, _why_chosen(best, ledger))
     others = [
-        Candidate(p.dataplane, p.name, False, f"fits, but {best.dataplane}/{best.name} is preferred")
+        Candidate(
+            p.dataplane, p.name, False, f"fits, but {best.dataplane}/{best.name} is preferred"
+        )
         for p in fits[1:]
     ]
     return Decision(best.key, (chosen, *others, *excluded))

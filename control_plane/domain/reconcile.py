@@ -102,14 +102,22 @@ def reconcile(
             if held.phase is AttemptPhase.PENDING:
                 if held.cancel_requested:
                     plan.changes.append(
-                        AttemptChange(held.id, AttemptPhase.CANCELLED, "Cancelled",
-                                      "cancelled before the agent started it")
+                        AttemptChange(
+                            held.id,
+                            AttemptPhase.CANCELLED,
+                            "Cancelled",
+                            "cancelled before the agent started it",
+                        )
                     )
                 else:
                     plan.launch.append(held.id)
             else:
                 plan.changes.append(
-                    AttemptChange(held.id, AttemptPhase.LOST, "AgentLostAttempt",
-                                  "the agent no longer reports this attempt")
+                    AttemptChange(
+                        held.id,
+                        AttemptPhase.LOST,
+                        "AgentLostAttempt",
+                        "the agent no longer reports this attempt",
+                    )
                 )
     return plan

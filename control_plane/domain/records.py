@@ -67,7 +67,7 @@ class JobRecord:
     project: str
     domain: str
     name: str
-    spec: Mapping[str, Any]    # the JobSpec as protobuf JSON (field names as in the proto)
+    spec: Mapping[str, Any]  # the JobSpec as protobuf JSON (field names as in the proto)
     phase: JobPhase
     message: str
     priority: int

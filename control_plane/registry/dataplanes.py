@@ -50,8 +50,13 @@ class DataplaneStore:
             if row is None:
                 session.add(
                     DataplaneRow(
-                        name=name, region=region, cloud=cloud, labels=dict(labels),
-                        agent_version=agent_version, first_seen_at=now, last_heartbeat_at=now,
+                        name=name,
+                        region=region,
+                        cloud=cloud,
+                        labels=dict(labels),
+                        agent_version=agent_version,
+                        first_seen_at=now,
+                        last_heartbeat_at=now,
                     )
                 )
             else:
@@ -88,8 +93,9 @@ class DataplaneStore:
                 )
             }
             known = {
-                row.id: KnownAttempt(row.id, row.epoch, AttemptPhase(row.phase),
-                                     row.cancel_requested)
+                row.id: KnownAttempt(
+                    row.id, row.epoch, AttemptPhase(row.phase), row.cancel_requested
+                )
                 for row in rows.values()
             }
             outcome = ReportOutcome(reconcile(known, reported, full_state=full_state))
@@ -117,16 +123,20 @@ class DataplaneStore:
             )
             for row in list(rows):
                 change = AttemptChange(
-                    row.id, AttemptPhase.LOST, "DataplaneLost",
+                    row.id,
+                    AttemptPhase.LOST,
+                    "DataplaneLost",
                     f"dataplane {row.dataplane} went silent",
                 )
                 if await apply_attempt_change(session, row, change, now):
                     changed.append(row.job_id)
         return changed
 
-    async def list(self) -> list[DataplaneRecord]:
+    async def list_dataplanes(self) -> list[DataplaneRecord]:
         async with self._db.read() as session:
-            dataplanes = list(await session.scalars(sa.select(DataplaneRow).order_by(DataplaneRow.name)))
+            dataplanes = list(
+                await session.scalars(sa.select(DataplaneRow).order_by(DataplaneRow.name))
+            )
             pools = list(await session.scalars(sa.select(PoolRow).order_by(PoolRow.name)))
             counts = await session.execute(
                 sa.select(AttemptRow.dataplane, sa.func.count())

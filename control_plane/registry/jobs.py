@@ -73,7 +73,7 @@ class JobStore:
             )
             return job_record(row, list(attempts))
 
-    async def list(
+    async def list_jobs(
         self,
         *,
         project: str = "",

@@ -95,7 +95,11 @@ def add_event(
 ) -> None:
     session.add(
         JobEventRow(
-            job_id=job.id, at=now, phase=job.phase, attempt_id=attempt_id, kind=kind,
+            job_id=job.id,
+            at=now,
+            phase=job.phase,
+            attempt_id=attempt_id,
+            kind=kind,
             message=message,
         )
     )

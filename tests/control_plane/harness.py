@@ -30,13 +30,17 @@ P = types_pb2
 
 
 @asynccontextmanager
-async def control_plane(database_url: str, **overrides: Any) -> AsyncIterator[
-    tuple[RunningControlPlane, ManualClock]
-]:
+async def control_plane(
+    database_url: str, **overrides: Any
+) -> AsyncIterator[tuple[RunningControlPlane, ManualClock]]:
     clock = ManualClock()
     fields: dict[str, Any] = {
-        "listen": "127.0.0.1:0", "database_url": database_url, "join_token": TOKEN,
-        "heartbeat_interval_s": 1.0, "stale_after_s": 15.0, "lost_after_s": 60.0,
+        "listen": "127.0.0.1:0",
+        "database_url": database_url,
+        "join_token": TOKEN,
+        "heartbeat_interval_s": 1.0,
+        "stale_after_s": 15.0,
+        "lost_after_s": 60.0,
         "schedule_interval_s": 0.05,
     }
     settings = ControlPlaneSettings(**(fields | overrides))
@@ -47,32 +51,60 @@ async def control_plane(database_url: str, **overrides: Any) -> AsyncIterator[
         await running.stop(grace_s=0.1)
 
 
-def gpu_pool(name: str, *, model: str = "H100", total: int = 8, free: int | None = None,
-             tier: int = P.PURCHASE_TYPE_RESERVED, mem: int = 80,
-             price: float = 2.0) -> types_pb2.Pool:
-    return P.Pool(name=name, purchase_type=tier, gpu_model=model, gpu_memory_gb=mem,  # type: ignore[arg-type]
-                  gpu_total=total, gpu_free=total if free is None else free,
-                  price_per_gpu_hour=price)
+def gpu_pool(
+    name: str,
+    *,
+    model: str = "H100",
+    total: int = 8,
+    free: int | None = None,
+    tier: int = P.PURCHASE_TYPE_RESERVED,
+    mem: int = 80,
+    price: float = 2.0,
+) -> types_pb2.Pool:
+    return P.Pool(
+        name=name,
+        purchase_type=tier,
+        gpu_model=model,
+        gpu_memory_gb=mem,  # type: ignore[arg-type]
+        gpu_total=total,
+        gpu_free=total if free is None else free,
+        price_per_gpu_hour=price,
+    )
 
 
-def job_spec(project: str = "vision", gpus: int = 1, model: str = "H100",
-             **fields: Any) -> types_pb2.JobSpec:
-    return P.JobSpec(project=project, command=["train.py"],
-                     resources=P.Resources(gpus=gpus, gpu_model=model if gpus else ""),
-                     **fields)
+def job_spec(
+    project: str = "vision", gpus: int = 1, model: str = "H100", **fields: Any
+) -> types_pb2.JobSpec:
+    return P.JobSpec(
+        project=project,
+        command=["train.py"],
+        resources=P.Resources(gpus=gpus, gpu_model=model if gpus else ""),
+        **fields,
+    )
 
 
-def status(attempt_id: str, phase: int, epoch: int | None = None, **fields: Any
-           ) -> agent_pb2.AttemptStatus:
+def status(
+    attempt_id: str, phase: int, epoch: int | None = None, **fields: Any
+) -> agent_pb2.AttemptStatus:
     job_id, _, ep = attempt_id.rpartition("-")
-    return agent_pb2.AttemptStatus(attempt_id=attempt_id, job_id=job_id,
-                                   epoch=int(ep) if epoch is None else epoch,
-                                   phase=phase, **fields)  # type: ignore[arg-type]
+    return agent_pb2.AttemptStatus(
+        attempt_id=attempt_id,
+        job_id=job_id,
+        epoch=int(ep) if epoch is None else epoch,
+        phase=phase,
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 class FakeAgent:
-    def __init__(self, port: int, name: str, pools: Sequence[types_pb2.Pool],
-                 region: str = "us-east-1", token: str = TOKEN) -> None:
+    def __init__(
+        self,
+        port: int,
+        name: str,
+        pools: Sequence[types_pb2.Pool],
+        region: str = "us-east-1",
+        token: str = TOKEN,
+    ) -> None:
         self.name, self.pools, self.region, self.token = name, list(pools), region, token
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
@@ -85,9 +117,17 @@ class FakeAgent:
     async def connect(self) -> agent_pb2.Welcome:
         stub = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.call = stub.Connect(self._messages())
-        await self.outbox.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-            dataplane=self.name, region=self.region, cloud="test", credential=self.token,
-            agent_version="fake")))
+        await self.outbox.put(
+            agent_pb2.AgentMessage(
+                hello=agent_pb2.Hello(
+                    dataplane=self.name,
+                    region=self.region,
+                    cloud="test",
+                    credential=self.token,
+                    agent_version="fake",
+                )
+            )
+        )
         first = await asyncio.wait_for(self.call.read(), 5)
         assert first.WhichOneof("body") == "welcome", first
         self._reader = asyncio.create_task(self._read())
@@ -111,8 +151,9 @@ class FakeAgent:
         admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         for _ in range(250):
             listed = await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())
-            if any(d.name == self.name and len(d.pools) == len(self.pools)
-                   for d in listed.dataplanes):
+            if any(
+                d.name == self.name and len(d.pools) == len(self.pools) for d in listed.dataplanes
+            ):
                 return
             await asyncio.sleep(0.02)
         raise AssertionError(f"{self.name}'s pools never showed up")
@@ -121,21 +162,29 @@ class FakeAgent:
         """Report full state: the given statuses replace what the agent holds."""
         self.held = {s.attempt_id: s for s in statuses}
         self._seq += 1
-        await self.outbox.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(
-            seq=self._seq, pools=self.pools, attempts=list(self.held.values()))))
+        await self.outbox.put(
+            agent_pb2.AgentMessage(
+                heartbeat=agent_pb2.Heartbeat(
+                    seq=self._seq, pools=self.pools, attempts=list(self.held.values())
+                )
+            )
+        )
 
     async def update(self, status_: agent_pb2.AttemptStatus) -> None:
         self.held[status_.attempt_id] = status_
-        await self.outbox.put(agent_pb2.AgentMessage(
-            attempt_update=agent_pb2.AttemptUpdate(status=status_)))
+        await self.outbox.put(
+            agent_pb2.AgentMessage(attempt_update=agent_pb2.AttemptUpdate(status=status_))
+        )
 
     async def expect(self, kind: str, timeout: float = 5.0) -> Any:
         """The next control message of this kind (others before it are dropped)."""
+
         async def wait() -> Any:
             while True:
                 message = await self.inbox.get()
                 if message.WhichOneof("body") == kind:
                     return getattr(message, kind)
+
         return await asyncio.wait_for(wait(), timeout)
 
     def drain_inbox(self) -> list[agent_pb2.ControlMessage]:
@@ -157,14 +206,17 @@ async def job_client(port: int) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]:
         yield jobs_pb2_grpc.JobServiceStub(channel)
 
 
-async def wait_for_phase(jobs: jobs_pb2_grpc.JobServiceStub, job_id: str, phase: int,
-                         timeout: float = 5.0) -> types_pb2.Job:
+async def wait_for_phase(
+    jobs: jobs_pb2_grpc.JobServiceStub, job_id: str, phase: int, timeout: float = 5.0
+) -> types_pb2.Job:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         job = await jobs.Get(jobs_pb2.GetJobRequest(job_id=job_id))
         if job.phase == phase:
             return job
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"job {job_id} is {P.JobPhase.Name(job.phase)}, "
-                                 f"not {P.JobPhase.Name(phase)}: {job.message}")
+            raise AssertionError(
+                f"job {job_id} is {P.JobPhase.Name(job.phase)}, "
+                f"not {P.JobPhase.Name(phase)}: {job.message}"
+            )
         await asyncio.sleep(0.02)

@@ -23,8 +23,11 @@ from tests.control_plane.harness import (
 )
 
 P = types_pb2
-A_RUNNING, A_SUCCEEDED, A_FAILED = (P.ATTEMPT_PHASE_RUNNING, P.ATTEMPT_PHASE_SUCCEEDED,
-                                    P.ATTEMPT_PHASE_FAILED)
+A_RUNNING, A_SUCCEEDED, A_FAILED = (
+    P.ATTEMPT_PHASE_RUNNING,
+    P.ATTEMPT_PHASE_SUCCEEDED,
+    P.ATTEMPT_PHASE_FAILED,
+)
 
 
 async def submit(jobs, spec: types_pb2.JobSpec, key: str = "") -> types_pb2.Job:  # type: ignore[no-untyped-def]
@@ -56,7 +59,8 @@ async def test_a_job_runs_on_an_agent_and_succeeds(database_url: str) -> None:
 
         assert done.dataplane == "onprem" and done.pool == "h100"
         assert [(a.id, a.phase, a.exit_code) for a in done.attempts] == [
-            (launch.attempt_id, A_SUCCEEDED, 0)]
+            (launch.attempt_id, A_SUCCEEDED, 0)
+        ]
         assert done.started_at.seconds and done.finished_at.seconds
         events = [e async for e in jobs.Watch(jobs_pb2.WatchJobRequest(job_id=job.id))]
         assert [e.kind for e in events] == ["submitted", "scheduled", "started", "succeeded"]
@@ -86,16 +90,32 @@ async def test_impossible_and_malformed_jobs_are_refused_and_nothing_is_stored(
         await agent.join()
         await asyncio.sleep(0.1)
         cases = [
-            (job_spec(gpus=1, model="B200"), grpc.StatusCode.FAILED_PRECONDITION,
-             "resources.gpu_model: no dataplane has GPU model 'B200' (models in the fleet: H100)"),
-            (job_spec(gpus=16), grpc.StatusCode.FAILED_PRECONDITION,
-             "resources.gpus: no pool has 16 GPUs of model H100 (largest: 8 in onprem/h100)"),
-            (P.JobSpec(project="Vision!", command=["x"]), grpc.StatusCode.INVALID_ARGUMENT,
-             "spec.project: 'Vision!' is not a valid name"),
-            (P.JobSpec(project="vision"), grpc.StatusCode.INVALID_ARGUMENT,
-             "spec.command: required"),
-            (job_spec(env={"1BAD": "x"}), grpc.StatusCode.INVALID_ARGUMENT,
-             "spec.env: '1BAD' is not a valid environment variable name"),
+            (
+                job_spec(gpus=1, model="B200"),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "resources.gpu_model: no dataplane has GPU model 'B200' "
+                "(models in the fleet: H100)",
+            ),
+            (
+                job_spec(gpus=16),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "resources.gpus: no pool has 16 GPUs of model H100 (largest: 8 in onprem/h100)",
+            ),
+            (
+                P.JobSpec(project="Vision!", command=["x"]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.project: 'Vision!' is not a valid name",
+            ),
+            (
+                P.JobSpec(project="vision"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.command: required",
+            ),
+            (
+                job_spec(env={"1BAD": "x"}),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.env: '1BAD' is not a valid environment variable name",
+            ),
         ]
         for spec, code, message in cases:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -116,7 +136,8 @@ async def test_an_agent_with_a_wrong_token_is_refused(database_url: str) -> None
         assert "join token not accepted" in (caught.value.details() or "")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
             listed = await admin_pb2_grpc.AdminServiceStub(channel).ListDataplanes(
-                admin_pb2.ListDataplanesRequest())
+                admin_pb2.ListDataplanesRequest()
+            )
         assert list(listed.dataplanes) == []
         await agent.close()
 
@@ -182,15 +203,18 @@ async def test_full_state_reconcile_after_an_agent_restart(database_url: str) ->
         # The agent comes back holding only one of them, plus one nobody placed.
         agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100")])
         await agent.connect()
-        await agent.heartbeat(status(kept_launch.attempt_id, A_RUNNING),
-                              status("j-000000000000-1", A_RUNNING))
+        await agent.heartbeat(
+            status(kept_launch.attempt_id, A_RUNNING), status("j-000000000000-1", A_RUNNING)
+        )
         cancel = await agent.expect("cancel")
         assert cancel.attempt_id == "j-000000000000-1"
         relaunch = await agent.expect("launch")
         assert relaunch.attempt_id == f"{vanished.id}-2"
         job = await jobs.Get(jobs_pb2.GetJobRequest(job_id=vanished.id))
-        assert [(a.phase, a.reason) for a in job.attempts][0] == (
-            P.ATTEMPT_PHASE_LOST, "AgentLostAttempt")
+        assert next((a.phase, a.reason) for a in job.attempts) == (
+            P.ATTEMPT_PHASE_LOST,
+            "AgentLostAttempt",
+        )
         assert job.retries_used == 1
         still = await jobs.Get(jobs_pb2.GetJobRequest(job_id=kept.id))
         assert still.phase == P.JOB_PHASE_RUNNING and len(still.attempts) == 1
@@ -222,7 +246,9 @@ async def test_a_silent_dataplane_is_lost_and_its_jobs_run_elsewhere(database_ur
         moved = await jobs.Get(jobs_pb2.GetJobRequest(job_id=job.id))
         assert moved.dataplane == "west"
         assert (moved.attempts[0].phase, moved.attempts[0].reason) == (
-            P.ATTEMPT_PHASE_LOST, "DataplaneLost")
+            P.ATTEMPT_PHASE_LOST,
+            "DataplaneLost",
+        )
 
         # East heals and reports its stale attempt: it is told to kill it, its result ignored.
         await east.heartbeat(status(launch.attempt_id, A_RUNNING))
@@ -230,14 +256,18 @@ async def test_a_silent_dataplane_is_lost_and_its_jobs_run_elsewhere(database_ur
         await east.update(status(launch.attempt_id, A_SUCCEEDED, exit_code=0))
         assert (await east.expect("forget")).attempt_id == launch.attempt_id
         after = await jobs.Get(jobs_pb2.GetJobRequest(job_id=job.id))
-        assert after.phase == P.JOB_PHASE_SCHEDULED and after.attempts[0].phase == P.ATTEMPT_PHASE_LOST
+        assert (
+            after.phase == P.JOB_PHASE_SCHEDULED and after.attempts[0].phase == P.ATTEMPT_PHASE_LOST
+        )
         for agent in (east, west):
             await agent.close()
 
 
 async def test_a_burst_spreads_before_the_next_heartbeat(database_url: str) -> None:
-    async with control_plane(database_url, schedule_interval_s=3600) as (cp, _), \
-            job_client(cp.port) as jobs:
+    async with (
+        control_plane(database_url, schedule_interval_s=3600) as (cp, _),
+        job_client(cp.port) as jobs,
+    ):
         a = FakeAgent(cp.port, "a", [gpu_pool("h100", total=4)])
         b = FakeAgent(cp.port, "b", [gpu_pool("h100", total=4)])
         for agent in (a, b):
@@ -267,8 +297,9 @@ async def test_list_filters_and_pages(database_url: str) -> None:
         seen: list[str] = []
         token = ""
         while True:
-            page = await jobs.List(jobs_pb2.ListJobsRequest(project="vision", page_size=2,
-                                                            page_token=token))
+            page = await jobs.List(
+                jobs_pb2.ListJobsRequest(project="vision", page_size=2, page_token=token)
+            )
             seen += [j.id for j in page.jobs]
             assert all(j.spec.project == "vision" for j in page.jobs)
             token = page.next_page_token
@@ -297,8 +328,13 @@ async def test_logs_travel_over_the_agents_stream(database_url: str) -> None:
             request = await agent.expect("log_request")
             assert request.attempt_id == launch.attempt_id
             for data, eof in ((b"epoch 1 loss 0.9\n", False), (b"epoch 2 loss 0.4\n", True)):
-                await agent.outbox.put(agent_pb2.AgentMessage(log_chunk=types_pb2.LogChunk(
-                    request_id=request.request_id, data=data, eof=eof)))
+                await agent.outbox.put(
+                    agent_pb2.AgentMessage(
+                        log_chunk=types_pb2.LogChunk(
+                            request_id=request.request_id, data=data, eof=eof
+                        )
+                    )
+                )
 
         answering = asyncio.create_task(answer())
         chunks = [c.data async for c in jobs.Logs(jobs_pb2.JobLogsRequest(job_id=job.id))]
@@ -322,11 +358,15 @@ async def test_dataplanes_are_listed_with_pools_and_health(database_url: str) ->
             admin = admin_pb2_grpc.AdminServiceStub(channel)
             (dp,) = (await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())).dataplanes
             assert (dp.name, dp.region, dp.connected, dp.health) == (
-                "onprem", "us-east-1", True, P.DATAPLANE_HEALTH_HEALTHY)
+                "onprem",
+                "us-east-1",
+                True,
+                P.DATAPLANE_HEALTH_HEALTHY,
+            )
             assert [(p.name, p.gpu_total, p.gpu_free, p.gpu_model) for p in dp.pools] == [
-                ("h100", 8, 6, "H100")]
+                ("h100", 8, 6, "H100")
+            ]
             clock.advance(20)
             (dp,) = (await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())).dataplanes
             assert dp.health == P.DATAPLANE_HEALTH_STALE
         await agent.close()
-

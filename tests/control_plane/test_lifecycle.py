@@ -40,7 +40,10 @@ J = JobPhase
     ],
 )
 def test_job_after_attempt(
-    job: JobPhase, used: int, budget: int, attempt: AttemptPhase,
+    job: JobPhase,
+    used: int,
+    budget: int,
+    attempt: AttemptPhase,
     expected: tuple[JobPhase, int, str] | None,
 ) -> None:
     step = job_after_attempt(job, used, budget, attempt, "why")
@@ -83,7 +86,7 @@ def test_unknown_or_fenced_attempts_are_cancelled_or_forgotten() -> None:
             ReportedAttempt("stranger", 1, A.RUNNING),
             ReportedAttempt("old", 1, A.RUNNING),
             ReportedAttempt("late", 1, A.SUCCEEDED),
-            ReportedAttempt("e", 1, A.SUCCEEDED),   # another epoch: fenced
+            ReportedAttempt("e", 1, A.SUCCEEDED),  # another epoch: fenced
         ],
         full_state=True,
     )
@@ -115,11 +118,17 @@ def test_an_update_is_not_full_state() -> None:
 
 
 def test_cancel_is_repeated_until_the_agent_reports_an_end() -> None:
-    plan = reconcile({"r": known("r", A.RUNNING, cancel=True)},
-                     [ReportedAttempt("r", 1, A.RUNNING)], full_state=True)
+    plan = reconcile(
+        {"r": known("r", A.RUNNING, cancel=True)},
+        [ReportedAttempt("r", 1, A.RUNNING)],
+        full_state=True,
+    )
     assert plan.cancel == ["r"]
-    plan = reconcile({"r": known("r", A.RUNNING, cancel=True)},
-                     [ReportedAttempt("r", 1, A.CANCELLED)], full_state=True)
+    plan = reconcile(
+        {"r": known("r", A.RUNNING, cancel=True)},
+        [ReportedAttempt("r", 1, A.CANCELLED)],
+        full_state=True,
+    )
     assert plan.cancel == [] and plan.forget == ["r"]
     assert plan.changes[0].phase is A.CANCELLED
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 
 from control_plane.domain.phases import DataplaneHealth, PurchaseType
@@ -16,18 +18,39 @@ from control_plane.domain.placement import (
 from control_plane.domain.records import PoolRecord
 
 
-def pool(dp: str, name: str, *, model: str = "H100", mem: int = 80, total: int = 8,
-         free: int | None = None, tier: PurchaseType = PurchaseType.RESERVED,
-         price: float = 1.0) -> PoolRecord:
-    return PoolRecord(dp, name, "us-east-1", "aws", tier, model, mem, total,
-                      total if free is None else free, price_per_gpu_hour=price)
+def pool(
+    dp: str,
+    name: str,
+    *,
+    model: str = "H100",
+    mem: int = 80,
+    total: int = 8,
+    free: int | None = None,
+    tier: PurchaseType = PurchaseType.RESERVED,
+    price: float = 1.0,
+) -> PoolRecord:
+    return PoolRecord(
+        dp,
+        name,
+        "us-east-1",
+        "aws",
+        tier,
+        model,
+        mem,
+        total,
+        total if free is None else free,
+        price_per_gpu_hour=price,
+    )
 
 
-def fleet(*pools: PoolRecord, health: DataplaneHealth = DataplaneHealth.HEALTHY,
-          connected: bool = True) -> list[DataplaneView]:
+def fleet(
+    *pools: PoolRecord, health: DataplaneHealth = DataplaneHealth.HEALTHY, connected: bool = True
+) -> list[DataplaneView]:
     names = sorted({p.dataplane for p in pools})
-    return [DataplaneView(n, health, connected, tuple(p for p in pools if p.dataplane == n))
-            for n in names]
+    return [
+        DataplaneView(n, health, connected, tuple(p for p in pools if p.dataplane == n))
+        for n in names
+    ]
 
 
 def decide(demand: JobDemand, views: list[DataplaneView]) -> tuple[str, str] | None:
@@ -138,7 +161,10 @@ def test_ledger_take_deducts() -> None:
 
 
 class TestNeverFits:
-    pools = [pool("onprem", "h100"), pool("cloud", "a100", model="A100", mem=40, total=4)]
+    pools: ClassVar[list[PoolRecord]] = [
+        pool("onprem", "h100"),
+        pool("cloud", "a100", model="A100", mem=40, total=4),
+    ]
 
     def test_unknown_model_names_the_models_there_are(self) -> None:
         message = never_fits(JobDemand("j", 1, gpu_model="B200"), self.pools)

@@ -1,0 +1,72 @@
+"""The global options (--address, --output) and what the client commands share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TypeVar
+
+import typer
+from google.protobuf.message import Message
+from rich.console import Console, RenderableType
+
+from fleet_cli import render
+from fleet_client import FleetClient
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+ParsedT = TypeVar("ParsedT")
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    address: str = DEFAULT_ADDRESS
+    output: OutputFormat = OutputFormat.table
+
+
+def option_parser(parse: Callable[[str], ParsedT]) -> Callable[[str], ParsedT]:
+    """A parse.* function as a typer parser: its ValueError becomes a usage error (exit 2)."""
+
+    def parse_option(text: str) -> ParsedT:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+
+    return parse_option
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    options = ctx.find_root().obj
+    return options if isinstance(options, GlobalOptions) else GlobalOptions()
+
+
+def open_client(ctx: typer.Context) -> FleetClient:
+    return FleetClient(global_options(ctx).address)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def emit(
+    ctx: typer.Context,
+    value: Message | Sequence[Message],
+    table: Callable[[datetime], RenderableType],
+) -> None:
+    """Print the value as JSON, or as the table built for people (given the time now)."""
+    if global_options(ctx).output is OutputFormat.json:
+        typer.echo(render.to_json(value))
+    else:
+        stdout_console().print(table(datetime.now(UTC)))

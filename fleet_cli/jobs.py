@@ -1,0 +1,259 @@
+"""`fleet jobs ...`: submit, get, list, cancel, watch and read the logs of jobs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from fleet.v1 import types_pb2
+from rich.status import Status
+from rich.text import Text
+
+from fleet_cli import parse, render
+from fleet_cli.context import (
+    OutputFormat,
+    emit,
+    global_options,
+    open_client,
+    option_parser,
+    stderr_console,
+)
+from fleet_client import FleetClient, FleetError
+
+app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
+
+UINT32_MAX = 2**32 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _parsed_pairs(
+    items: Sequence[str], parser: Callable[[str], tuple[str, str]], option: str
+) -> dict[str, str]:
+    try:
+        return parse.to_mapping(parser(item) for item in items)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    ctx: typer.Context,
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="COMMAND",
+            help="The argv to run; put it after '--' when it has options of its own.",
+            show_default=False,
+        ),
+    ],
+    project: Annotated[str, typer.Option(help="Project the job belongs to.")],
+    domain: Annotated[str, typer.Option(help="Domain within the project.")] = "development",
+    name: Annotated[str, typer.Option(help="A name for people.")] = "",
+    gpus: Annotated[int, typer.Option(min=0, max=UINT32_MAX, help="GPUs needed.")] = 0,
+    gpu_model: Annotated[str, typer.Option(help="GPU model, e.g. H100 (any if unset).")] = "",
+    min_gpu_memory: Annotated[
+        int, typer.Option(min=0, max=UINT32_MAX, metavar="GB", help="Memory per GPU, GB.")
+    ] = 0,
+    cpu: Annotated[
+        int, typer.Option(min=0, max=UINT32_MAX, metavar="MILLIS", help="CPU in millicores.")
+    ] = 0,
+    memory: Annotated[
+        int | None,
+        typer.Option(
+            parser=option_parser(parse.parse_quantity), metavar="BYTES", help="e.g. 16Gi or bytes."
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="Task label (repeatable).")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option(metavar="NAME=VALUE", help="Environment (repeatable).")
+    ] = None,
+    origin_region: Annotated[str, typer.Option(help="Where the job's data lives.")] = "",
+    allow_spot: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-spot/--no-spot",
+            help="Allow or forbid spot capacity (default: the routing policy decides).",
+            show_default=False,
+        ),
+    ] = None,
+    pin: Annotated[str, typer.Option(metavar="DATAPLANE", help="Run only there.")] = "",
+    priority: Annotated[int, typer.Option(min=INT32_MIN, max=INT32_MAX)] = 0,
+    timeout: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=option_parser(parse.parse_duration),
+            metavar="DURATION",
+            help="e.g. 90s, 30m, 2h.",
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=UINT32_MAX,
+            help="Failures and losses allowed (default: the control plane's).",
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[str, typer.Option(help="Container image.")] = "",
+    client_key: Annotated[
+        str, typer.Option(help="Idempotency key: a second submit returns the same job.")
+    ] = "",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job; exit 0 if it succeeds, 1 if not.")
+    ] = False,
+) -> None:
+    """Submit a job: fleet jobs submit --project P --gpus 1 -- python train.py"""
+    spec = types_pb2.JobSpec(
+        project=project,
+        domain=domain,
+        name=name,
+        image=image,
+        command=command,
+        env=_parsed_pairs(env or [], parse.parse_env_var, "--env"),
+        labels=_parsed_pairs(label or [], parse.parse_key_value, "--label"),
+        resources=types_pb2.Resources(
+            gpus=gpus,
+            gpu_model=gpu_model,
+            min_gpu_memory_gb=min_gpu_memory,
+            cpu_millis=cpu,
+            memory_bytes=memory or 0,
+        ),
+        routing=types_pb2.RoutingHints(
+            origin_region=origin_region, allow_spot=allow_spot, pin_dataplane=pin
+        ),
+        priority=priority,
+        retry_budget=retries,
+    )
+    if timeout is not None:
+        spec.timeout.FromTimedelta(timeout)
+    with open_client(ctx) as client:
+        response = client.submit(spec, client_key=client_key)
+        job = response.job
+        if not response.created:
+            stderr_console().print(
+                f"job {job.id} already exists for client key {client_key!r}", markup=False
+            )
+        if wait:
+            job = _wait_with_progress(client, job)
+    emit(ctx, job, lambda now: render.job_detail(job, now))
+    if wait and job.phase != types_pb2.JOB_PHASE_SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def _wait_with_progress(client: FleetClient, job: types_pb2.Job) -> types_pb2.Job:
+    """Follow the job to its final phase, with a status line and one line per event."""
+    console = stderr_console()
+    placement = render.placement_text(job.dataplane, job.pool)
+    attempt_id = ""
+
+    def status_text(phase: int) -> Text:
+        where = f" on {placement}" if placement != render.NONE else ""
+        return Text(f"job {job.id}: {render.job_phase_word(phase)}{where}")
+
+    def on_event(event: types_pb2.JobEvent, status: Status) -> None:
+        nonlocal placement, attempt_id
+        if event.attempt_id and event.attempt_id != attempt_id:
+            attempt_id = event.attempt_id
+            try:
+                current = client.get(job.id)
+                placement = render.placement_text(current.dataplane, current.pool)
+            except FleetError:
+                pass  # only the status line needs it; wait() reports a real outage
+        console.print(render.event_line(event), markup=False)
+        status.update(status_text(event.phase))
+
+    console.print(f"submitted job {job.id}; waiting for it to finish", markup=False)
+    try:
+        with console.status(status_text(job.phase)) as status:
+            return client.wait(job.id, on_event=lambda event: on_event(event, status))
+    except KeyboardInterrupt:
+        console.print(
+            f"stopped waiting; job {job.id} keeps running (fleet jobs cancel {job.id})",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def get(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Show one job and its attempts."""
+    with open_client(ctx) as client:
+        job = client.get(job_id)
+    emit(ctx, job, lambda now: render.job_detail(job, now))
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Option(help="Only this project's jobs.")] = "",
+    phase: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PHASE",
+            help=f"Only jobs in this phase (repeatable): {', '.join(parse.job_phase_words())}.",
+        ),
+    ] = None,
+    dataplane: Annotated[str, typer.Option(help="Only jobs placed on this dataplane.")] = "",
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many jobs.")] = 100,
+) -> None:
+    """List jobs, newest first."""
+    try:
+        phases = [parse.parse_job_phase(word) for word in phase or []]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--phase'") from None
+    with open_client(ctx) as client:
+        jobs = []
+        for job in client.iter_jobs(project, phases, dataplane, page_size=min(limit, 1000)):
+            jobs.append(job)
+            if len(jobs) == limit:
+                break
+    emit(ctx, jobs, lambda now: render.jobs_table(jobs, now))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    reason: Annotated[str, typer.Option(help="Why, for the job's record.")] = "",
+) -> None:
+    """Cancel a job; a cancelled job is never retried."""
+    with open_client(ctx) as client:
+        job = client.cancel(job_id, reason=reason)
+    emit(ctx, job, lambda now: render.job_detail(job, now))
+
+
+@app.command()
+def watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Print the job's events as they come, until its final one (JSON: one per line)."""
+    as_json = global_options(ctx).output is OutputFormat.json
+
+    def print_event(event: types_pb2.JobEvent) -> None:
+        line = render.to_json_line(event) if as_json else render.event_line(event)
+        typer.echo(line)
+
+    with open_client(ctx) as client:
+        client.wait(job_id, on_event=print_event)
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    attempt: Annotated[str, typer.Option(help="Attempt id (default: the latest).")] = "",
+    tail_bytes: Annotated[
+        int,
+        typer.Option(min=0, max=UINT32_MAX, help="Bytes from the end (0: up to 1 MiB)."),
+    ] = 0,
+) -> None:
+    """Write an attempt's log, raw, to stdout."""
+    out = sys.stdout.buffer
+    with open_client(ctx) as client:
+        for data in client.logs(job_id, attempt_id=attempt, tail_bytes=tail_bytes):
+            out.write(data)
+            out.flush()

@@ -1,0 +1,124 @@
+"""`fleet`: the one command line of flyte-fleet.
+
+    fleet control-plane ...      run the control plane
+    fleet agent ...              run a dataplane agent
+    fleet jobs submit|get|list|cancel|watch|logs
+    fleet dataplanes list
+
+Exit codes:
+    0    ok
+    1    the operation failed: the job did not succeed under --wait, the job was not
+         found, or the server failed
+    2    bad input: a usage error, or the server rejected the request as invalid
+         (INVALID_ARGUMENT, FAILED_PRECONDITION); the reason is printed to stderr
+    3    the control plane could not be reached (UNAVAILABLE, DEADLINE_EXCEEDED)
+    130  interrupted (Ctrl-C)
+
+Server errors reach this module as fleet_client.FleetError and are turned into an exit
+code and an `error: <message>` line in one place: FleetGroup.invoke.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from fleet_cli import dataplanes, jobs, roles
+from fleet_cli.context import DEFAULT_ADDRESS, GlobalOptions, OutputFormat, global_options
+from fleet_cli.demo import demo_command
+from fleet_client import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FleetError,
+    InvalidArgument,
+    Unavailable,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+
+EXIT_CODES_EPILOG = (
+    "Exit codes: 0 ok; "
+    "1 the operation failed (job failed under --wait, not found, server error); "
+    "2 bad input (usage error, or the server rejected the request as invalid); "
+    "3 the control plane could not be reached; "
+    "130 interrupted."
+)
+
+
+def exit_code_for(error: FleetError) -> int:
+    if isinstance(error, InvalidArgument | FailedPrecondition):
+        return EXIT_BAD_INPUT
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED
+
+
+def error_message(error: FleetError, address: str) -> str:
+    if isinstance(error, Unavailable):
+        return f"cannot reach the control plane at {address}: {error.message}"
+    if isinstance(error, DeadlineExceeded):
+        return f"the control plane at {address} did not answer in time: {error.message}"
+    return error.message
+
+
+class FleetGroup(TyperGroup):
+    """The root group: every FleetError of every sub-command becomes an exit code here."""
+
+    # Any: the base class types ctx as typer's vendored click Context, which is private.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FleetError as error:
+            address = global_options(ctx).address
+            typer.echo(f"error: {error_message(error, address)}", err=True)
+            raise typer.Exit(exit_code_for(error)) from None
+
+
+app = typer.Typer(
+    cls=FleetGroup,
+    name="fleet",
+    help="One control plane for GPU work across on-prem, on-demand and spot dataplanes.",
+    epilog=EXIT_CODES_EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def global_option_values(
+    ctx: typer.Context,
+    address: Annotated[
+        str,
+        typer.Option(
+            envvar="FLEET_ADDRESS",
+            metavar="HOST:PORT",
+            help="The control plane the client commands talk to.",
+        ),
+    ] = DEFAULT_ADDRESS,
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="Tables for people, JSON for scripts.")
+    ] = OutputFormat.table,
+) -> None:
+    ctx.obj = GlobalOptions(address=address, output=output)
+
+
+def _register_commands(root: typer.Typer) -> None:
+    # One line per command module; `fleet demo` (fleet_cli/demo.py) is added here.
+    root.command("control-plane")(roles.control_plane)
+    root.command("agent")(roles.agent)
+    root.add_typer(jobs.app, name="jobs")
+    root.add_typer(dataplanes.app, name="dataplanes")
+    root.command("demo")(demo_command)
+
+
+_register_commands(app)
+
+
+def main() -> None:
+    app()

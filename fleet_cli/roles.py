@@ -1,0 +1,171 @@
+"""`fleet control-plane` and `fleet agent`: run one of the fleet's services in this process.
+
+Each deployable is imported inside its command, so that an agent-only install (without
+SQLAlchemy) still runs `fleet agent` and the client commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fleet_cli import parse
+from fleet_cli.context import option_parser
+
+JOIN_TOKEN_ENV = "FLEET_JOIN_TOKEN"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+LogLevelOption = Annotated[LogLevel, typer.Option(help="Log verbosity (logs go to stderr).")]
+JoinTokenOption = Annotated[
+    str,
+    typer.Option(
+        envvar=JOIN_TOKEN_ENV,
+        help="Shared secret agents present when they connect.",
+        show_default=False,
+    ),
+]
+
+
+def _configure_logging(level: LogLevel) -> None:
+    logging.basicConfig(
+        level=level.value.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _seconds(span: timedelta | None) -> float | None:
+    return None if span is None else span.total_seconds()
+
+
+def control_plane(
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            parser=option_parser(parse.parse_host_port),
+            metavar="HOST:PORT",
+            help="Where to listen; port 0 picks a free one (default: 127.0.0.1:50051).",
+            show_default=False,
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="sqlite+aiosqlite:///fleet.db (default) or postgresql+psycopg://...",
+            show_default=False,
+        ),
+    ] = None,
+    join_token: JoinTokenOption = "",
+    heartbeat_interval: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=option_parser(parse.parse_duration),
+            metavar="S",
+            help="How often agents heartbeat (seconds, or e.g. 5s).",
+            show_default=False,
+        ),
+    ] = None,
+    stale_after: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=option_parser(parse.parse_duration),
+            metavar="S",
+            help="A dataplane silent this long gets no new work.",
+            show_default=False,
+        ),
+    ] = None,
+    lost_after: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=option_parser(parse.parse_duration),
+            metavar="S",
+            help="A dataplane silent this long has its attempts requeued.",
+            show_default=False,
+        ),
+    ] = None,
+    migrate: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Apply database migrations at start.")
+    ] = True,
+    port_file: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Write the bound port here once listening."),
+    ] = None,
+    log_level: LogLevelOption = LogLevel.info,
+) -> None:
+    """Run the control plane until SIGINT or SIGTERM."""
+    from control_plane import serve  # type: ignore[attr-defined, unused-ignore]
+    from control_plane.settings import ControlPlaneSettings
+
+    # Unset options keep ControlPlaneSettings' defaults, the one place they are written.
+    given: dict[str, Any] = {
+        "listen": listen,
+        "database_url": db,
+        "heartbeat_interval_s": _seconds(heartbeat_interval),
+        "stale_after_s": _seconds(stale_after),
+        "lost_after_s": _seconds(lost_after),
+        "port_file": str(port_file) if port_file else None,
+    }
+    settings = dataclasses.replace(
+        ControlPlaneSettings(join_token=join_token, migrate=migrate),
+        **{field: value for field, value in given.items() if value is not None},
+    )
+    if not settings.heartbeat_interval_s < settings.stale_after_s < settings.lost_after_s:
+        raise typer.BadParameter(
+            f"need heartbeat interval ({settings.heartbeat_interval_s:g}s) < stale after "
+            f"({settings.stale_after_s:g}s) < lost after ({settings.lost_after_s:g}s)",
+            param_hint="'--heartbeat-interval' / '--stale-after' / '--lost-after'",
+        )
+    _configure_logging(log_level)
+    serve(settings)
+
+
+def agent(
+    control_plane: Annotated[
+        str,
+        typer.Option(
+            parser=option_parser(parse.parse_host_port),
+            metavar="HOST:PORT",
+            help="The control plane to dial.",
+            show_default=False,
+        ),
+    ],
+    pools: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="YAML: this dataplane and its GPU pools.",
+            show_default=False,
+        ),
+    ],
+    join_token: JoinTokenOption = "",
+    workdir: Annotated[
+        Path, typer.Option(metavar="DIR", help="Holds one folder per attempt.")
+    ] = Path("fleet-agent"),
+    log_level: LogLevelOption = LogLevel.info,
+) -> None:
+    """Run a dataplane agent: dial the control plane, report capacity, launch its jobs."""
+    from dataplane_agent import run_agent  # type: ignore[attr-defined, unused-ignore]
+    from dataplane_agent.settings import AgentSettings
+
+    settings = AgentSettings(
+        control_plane=control_plane, pools_file=pools, join_token=join_token, workdir=workdir
+    )
+    _configure_logging(log_level)
+    exit_code: int = run_agent(settings)
+    raise typer.Exit(exit_code)

@@ -1,0 +1,54 @@
+"""The typed client of a flyte-fleet control plane (JobService and AdminService).
+
+    with FleetClient("127.0.0.1:50051") as fleet:
+        job = fleet.submit(spec, client_key="...").job
+        final = fleet.wait(job.id)
+
+Every method raises one of these instead of ``grpc.RpcError`` (see fleet_client.errors);
+``message`` is the server's status details, verbatim, and ``code`` the grpc.StatusCode:
+
+    FleetError(message, code)
+    ├── InvalidArgument       the request is malformed (the message names the field)
+    ├── FailedPrecondition    well formed, but not allowed in the current state
+    ├── NotFound
+    ├── AlreadyExists
+    ├── Unauthenticated
+    ├── PermissionDenied
+    ├── ResourceExhausted
+    ├── Unavailable           the control plane cannot be reached
+    ├── DeadlineExceeded      no answer in time
+    └── Internal              anything else
+"""
+
+from fleet_client.client import TERMINAL_PHASES, FleetClient
+from fleet_client.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FleetError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    error_from_status,
+)
+
+__all__ = [
+    "TERMINAL_PHASES",
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FleetClient",
+    "FleetError",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "error_from_status",
+]

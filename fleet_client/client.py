@@ -1,0 +1,252 @@
+"""A synchronous, typed client of the control plane's JobService and AdminService."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from fleet.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2
+
+from fleet_client.errors import (
+    DeadlineExceeded,
+    Internal,
+    Unavailable,
+    error_from_rpc_error,
+)
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+# The phases after which a job never changes again.
+TERMINAL_PHASES: frozenset[types_pb2.JobPhase.ValueType] = frozenset(
+    {
+        types_pb2.JOB_PHASE_SUCCEEDED,
+        types_pb2.JOB_PHASE_FAILED,
+        types_pb2.JOB_PHASE_CANCELLED,
+    }
+)
+
+# wait() reconnects a broken watch with exponential backoff, and gives up once the control
+# plane has been unreachable this long in a row (a rolling restart takes seconds, not minutes).
+_RECONNECT_MIN_S = 0.2
+_RECONNECT_MAX_S = 5.0
+_RECONNECT_GIVE_UP_S = 60.0
+
+_USER_AGENT = "flyte-fleet-client"
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _open_channel(address: str) -> grpc.Channel:
+    # The one place a channel is made: TLS (grpc.secure_channel) goes here.
+    return grpc.insecure_channel(address, options=[("grpc.primary_user_agent", _USER_AGENT)])
+
+
+def _call_metadata() -> Metadata:
+    # The one place call metadata is made: API keys (authorization) go here.
+    return ()
+
+
+@contextmanager
+def _fleet_errors() -> Iterator[None]:
+    """The funnel every call and stream runs inside: grpc.RpcError becomes a FleetError."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise error_from_rpc_error(error) from error
+
+
+class FleetClient:
+    """Talks to one control plane. Every method raises FleetError subclasses, never grpc's.
+
+    Unary calls time out after ``timeout_s``; streams (watch, logs) have no deadline.
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self._timeout_s = timeout_s
+        self._channel = _open_channel(address)
+        self._metadata = _call_metadata()
+        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the funnel ------------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[RequestT, ResponseT],
+        request: RequestT,
+    ) -> ResponseT:
+        with _fleet_errors():
+            return method(request, timeout=self._timeout_s, metadata=self._metadata)
+
+    def _stream(
+        self,
+        method: grpc.UnaryStreamMultiCallable[RequestT, ResponseT],
+        request: RequestT,
+        timeout_s: float | None = None,
+    ) -> Iterator[ResponseT]:
+        with _fleet_errors():
+            call = method(request, timeout=timeout_s, metadata=self._metadata)
+            try:
+                yield from call
+            finally:
+                # Ends the RPC on the server too when the caller stops iterating early.
+                call.cancel()
+
+    # -- JobService ------------------------------------------------------------------------
+
+    def submit(self, spec: types_pb2.JobSpec, client_key: str = "") -> jobs_pb2.SubmitResponse:
+        """Submit a job; a second submit with the same client_key returns the same job."""
+        request = jobs_pb2.SubmitRequest(spec=spec, client_key=client_key)
+        return self._unary(self._jobs.Submit, request)
+
+    def get(self, job_id: str) -> types_pb2.Job:
+        return self._unary(self._jobs.Get, jobs_pb2.GetJobRequest(job_id=job_id))
+
+    def list_jobs(
+        self,
+        project: str = "",
+        phases: Sequence[types_pb2.JobPhase.ValueType] = (),
+        dataplane: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> jobs_pb2.ListJobsResponse:
+        """One page of jobs; page_size 0 lets the server choose (100)."""
+        request = jobs_pb2.ListJobsRequest(
+            project=project,
+            phases=phases,
+            dataplane=dataplane,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._unary(self._jobs.List, request)
+
+    def iter_jobs(
+        self,
+        project: str = "",
+        phases: Sequence[types_pb2.JobPhase.ValueType] = (),
+        dataplane: str = "",
+        page_size: int = 0,
+    ) -> Iterator[types_pb2.Job]:
+        """Every matching job, fetching pages as the caller iterates."""
+        page_token = ""
+        while True:
+            page = self.list_jobs(project, phases, dataplane, page_size, page_token)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    def cancel(self, job_id: str, reason: str = "") -> types_pb2.Job:
+        request = jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        return self._unary(self._jobs.Cancel, request)
+
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[types_pb2.JobEvent]:
+        """The job's events after after_seq; the stream ends after the job's final event."""
+        return self._watch(job_id, after_seq, timeout_s=None)
+
+    def _watch(
+        self, job_id: str, after_seq: int, timeout_s: float | None
+    ) -> Iterator[types_pb2.JobEvent]:
+        request = jobs_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq)
+        return self._stream(self._jobs.Watch, request, timeout_s)
+
+    def logs(self, job_id: str, attempt_id: str = "", tail_bytes: int = 0) -> Iterator[bytes]:
+        """The raw log bytes of one attempt (default: the latest).
+
+        Raises Internal with the dataplane's message when the log could not be read.
+        """
+        request = jobs_pb2.JobLogsRequest(
+            job_id=job_id, attempt_id=attempt_id, tail_bytes=tail_bytes
+        )
+        for chunk in self._stream(self._jobs.Logs, request):
+            if chunk.error:
+                raise Internal(chunk.error)
+            if chunk.data:
+                yield chunk.data
+            if chunk.eof:
+                return
+
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        on_event: Callable[[types_pb2.JobEvent], None] | None = None,
+    ) -> types_pb2.Job:
+        """Follow the job's events until it is SUCCEEDED, FAILED or CANCELLED; return it.
+
+        on_event sees every event of the job from its first, each once: a broken watch is
+        reopened after the last event seen. Raises NotFound or Unavailable at once when the
+        job or the control plane cannot be reached at the start; later, Unavailable only
+        once the control plane has been unreachable for a minute in a row; and
+        DeadlineExceeded after timeout_s.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.get(job_id)
+        after_seq = 0
+        backoff_s = _RECONNECT_MIN_S
+        unreachable_since: float | None = None
+        while True:
+            try:
+                for event in self._watch(job_id, after_seq, _remaining(deadline)):
+                    unreachable_since = None
+                    backoff_s = _RECONNECT_MIN_S
+                    after_seq = event.seq
+                    if on_event is not None:
+                        on_event(event)
+                    if event.phase in TERMINAL_PHASES:
+                        return self.get(job_id)
+                # The stream ended without a final event (e.g. a replica shut down): ask.
+                job = self.get(job_id)
+                if job.phase in TERMINAL_PHASES:
+                    return job
+            except Unavailable:
+                now = time.monotonic()
+                if unreachable_since is None:
+                    unreachable_since = now
+                if now - unreachable_since >= _RECONNECT_GIVE_UP_S:
+                    raise
+            except DeadlineExceeded:
+                if _remaining(deadline) == 0.0:
+                    raise DeadlineExceeded(_not_finished(job_id, timeout_s)) from None
+                raise
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                raise DeadlineExceeded(_not_finished(job_id, timeout_s))
+            time.sleep(backoff_s if remaining is None else min(backoff_s, remaining))
+            backoff_s = min(backoff_s * 2, _RECONNECT_MAX_S)
+
+    # -- AdminService ----------------------------------------------------------------------
+
+    def list_dataplanes(self) -> list[admin_pb2.Dataplane]:
+        response = self._unary(self._admin.ListDataplanes, admin_pb2.ListDataplanesRequest())
+        return list(response.dataplanes)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _not_finished(job_id: str, timeout_s: float | None) -> str:
+    return f"job {job_id} did not finish within {timeout_s:g}s"

@@ -51,6 +51,8 @@ class Scheduler:
         self._interval_s = interval_s
         self._batch = batch
         self._wake = asyncio.Event()
+        # Passes never overlap: each reads holds and capacity that the previous one wrote.
+        self._pass_lock = asyncio.Lock()
         self._suspended_logged = False
 
     def wake(self) -> None:
@@ -80,6 +82,10 @@ class Scheduler:
                 log.exception("scheduler pass failed; retrying in %.1fs", self._interval_s)
 
     async def tick(self) -> PassResult:
+        async with self._pass_lock:
+            return await self._tick()
+
+    async def _tick(self) -> PassResult:
         records = await self._dataplanes.list_dataplanes()
         expired = await self._expire_lost(records)
         placed, waiting = 0, 0

@@ -41,6 +41,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Agents ping every 20 s on quiet streams; accept that instead of closing with
+    # too_many_pings (gRPC's default minimum is 5 minutes).
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 

@@ -98,6 +98,11 @@ class DataplaneStore:
                 )
                 for row in rows.values()
             }
+            if pools is not None:
+                # This heartbeat's free GPUs already account for the attempts it lists.
+                for report in reported:
+                    if report.id in rows:
+                        rows[report.id].counted_in_pool = True
             outcome = ReportOutcome(reconcile(known, reported, full_state=full_state))
             for change in outcome.plan.changes:
                 if await apply_attempt_change(session, rows[change.attempt_id], change, now):

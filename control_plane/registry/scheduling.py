@@ -13,6 +13,7 @@ from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.placement import JobDemand, PoolKey
 from control_plane.domain.records import AttemptRecord
 from control_plane.registry.database import Database
+from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
 from control_plane.registry.rows import add_event, attempt_record
 from control_plane.registry.tables import AttemptRow, JobRow
 
@@ -65,10 +66,17 @@ class SchedulingStore:
             ]
 
     async def holds(self) -> dict[PoolKey, int]:
-        """GPUs placed on each pool that its agent has not reported holding yet."""
+        """GPUs of live attempts that no heartbeat has counted in its pool's free GPUs yet.
+
+        An attempt update (between heartbeats) moves an attempt out of PENDING, but the
+        pool's free count only changes with the next heartbeat: the hold lasts until then.
+        """
         query = (
             sa.select(AttemptRow.dataplane, AttemptRow.pool, sa.func.sum(AttemptRow.gpus))
-            .where(AttemptRow.phase == AttemptPhase.PENDING.value)
+            .where(
+                AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
+                AttemptRow.counted_in_pool.is_(False),
+            )
             .group_by(AttemptRow.dataplane, AttemptRow.pool)
         )
         async with self._db.read() as session:
@@ -101,6 +109,7 @@ class SchedulingStore:
                     reason="",
                     message="",
                     cancel_requested=False,
+                    counted_in_pool=False,
                     created_at=now,
                 )
                 session.add(attempt)

@@ -133,6 +133,9 @@ class AttemptRow(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # True once a heartbeat listed this attempt: from then on the pool's reported free
+    # GPUs account for it. Until then its GPUs are held by the scheduler.
+    counted_in_pool: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -370,3 +370,33 @@ async def test_dataplanes_are_listed_with_pools_and_health(database_url: str) ->
             (dp,) = (await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())).dataplanes
             assert dp.health == P.DATAPLANE_HEALTH_STALE
         await agent.close()
+
+
+async def test_a_hold_lasts_until_a_heartbeat_counts_the_attempt(database_url: str) -> None:
+    async with control_plane(database_url) as (cp, _), job_client(cp.port) as jobs:
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100", total=2)])
+        await agent.join()
+        first = await submit(jobs, job_spec(gpus=2))
+        launch = await agent.expect("launch")
+        # The agent starts it and says so between heartbeats: its pool is full, but the
+        # control plane has not heard a new free count yet.
+        await agent.update(status(launch.attempt_id, A_RUNNING))
+        await wait_for_phase(jobs, first.id, P.JOB_PHASE_RUNNING)
+        second = await submit(jobs, job_spec(gpus=2))
+        await cp.scheduler.tick()
+        waiting = await jobs.Get(jobs_pb2.GetJobRequest(job_id=second.id))
+        assert waiting.phase == P.JOB_PHASE_QUEUED
+        assert waiting.message == "waiting: 0 of 2 GPUs free < 2 asked"
+
+        # The heartbeat counts it in the pool (0 free); when it ends, the next one frees it.
+        agent.pools = [gpu_pool("h100", total=2, free=0)]
+        await agent.heartbeat(status(launch.attempt_id, A_RUNNING))
+        await cp.scheduler.tick()
+        assert (await jobs.Get(jobs_pb2.GetJobRequest(job_id=second.id))).phase == (
+            P.JOB_PHASE_QUEUED
+        )
+        agent.pools = [gpu_pool("h100", total=2, free=2)]
+        await agent.heartbeat(status(launch.attempt_id, A_SUCCEEDED, exit_code=0))
+        relaunch = await agent.expect("launch")
+        assert relaunch.job_id == second.id
+        await agent.close()

@@ -32,8 +32,15 @@ RUN_RECORDER = (
 def pools(name: str, region: str, tier: str) -> dict[str, object]:
     return {
         "dataplane": {"name": name, "region": region, "cloud": "test"},
-        "pools": [{"name": "h100", "purchase_type": tier, "gpu_model": "H100",
-                   "gpu_memory_gb": 80, "gpu_count": 4}],
+        "pools": [
+            {
+                "name": "h100",
+                "purchase_type": tier,
+                "gpu_model": "H100",
+                "gpu_memory_gb": 80,
+                "gpu_count": 4,
+            }
+        ],
     }
 
 
@@ -52,25 +59,39 @@ def test_agent_killed_and_restarted_reattaches_and_every_job_ends_once(
     tmp_path: Path, database_url: str
 ) -> None:
     runs = tmp_path / "runs.log"
-    with LocalFleet(tmp_path / "fleet", database_url=database_url, heartbeat_interval_s=0.5,
-                    stale_after_s=5, lost_after_s=30) as fleet:
+    with LocalFleet(
+        tmp_path / "fleet",
+        database_url=database_url,
+        heartbeat_interval_s=0.5,
+        stale_after_s=5,
+        lost_after_s=30,
+    ) as fleet:
         fleet.start_control_plane()
         fleet.add_agent("east", pools("east", "us-east-1", "reserved"))
         fleet.add_agent("west", pools("west", "us-west-2", "on_demand"))
         with FleetClient(fleet.address, timeout_s=10) as client:
-            wait_until(lambda: len([d for d in _dataplanes(client) if d.connected]) == 2,
-                       60, "both agents to connect", fleet)
+            wait_until(
+                lambda: len([d for d in _dataplanes(client) if d.connected]) == 2,
+                60,
+                "both agents to connect",
+                fleet,
+            )
             ids = [
-                client.submit(P.JobSpec(
-                    project="e2e", name=f"job-{i}",
-                    command=[sys.executable, "-c", RUN_RECORDER, str(runs), "4"],
-                    resources=P.Resources(gpus=1, gpu_model="H100"),
-                )).job.id
+                client.submit(
+                    P.JobSpec(
+                        project="e2e",
+                        name=f"job-{i}",
+                        command=[sys.executable, "-c", RUN_RECORDER, str(runs), "4"],
+                        resources=P.Resources(gpus=1, gpu_model="H100"),
+                    )
+                ).job.id
                 for i in range(8)
             ]
             wait_until(
                 lambda: sum(client.get(i).phase == P.JOB_PHASE_RUNNING for i in ids) == 8,
-                60, "all eight jobs to run", fleet,
+                60,
+                "all eight jobs to run",
+                fleet,
             )
             on_east = [i for i in ids if client.get(i).dataplane == "east"]
             assert len(on_east) == 4, "reserved capacity fills first"
@@ -80,9 +101,14 @@ def test_agent_killed_and_restarted_reattaches_and_every_job_ends_once(
             fleet.start_agent("east")
 
             jobs = wait_until(
-                lambda: (js := [client.get(i) for i in ids]) and all(j.phase in FINAL for j in js)
-                and js,
-                90, "every job to end", fleet,
+                lambda: (
+                    (js := [client.get(i) for i in ids])
+                    and all(j.phase in FINAL for j in js)
+                    and js
+                ),
+                90,
+                "every job to end",
+                fleet,
             )
             east = next(d for d in client.list_dataplanes() if d.name == "east")
             assert east.connected

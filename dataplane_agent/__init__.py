@@ -1,0 +1,54 @@
+"""The dataplane agent: one per cluster, dialing out to the control plane.
+
+Layers, from the inside out (each imports only those before it):
+
+- ``domain``: pure decisions, no I/O. ``domain.attempt`` derives an attempt's phase from
+  the facts its folder records (the state table lives there), ``domain.capacity`` decides
+  which waiting attempts fit their pool's free GPUs (FIFO), ``domain.backoff`` spaces out
+  reconnects.
+- ``pool_file``: the YAML file naming the dataplane and its GPU pools, checked with errors
+  that give file:line:col, the field and the reason.
+- ``launcher``: runs attempts behind the small ``Launcher`` protocol. ``ProcessLauncher``
+  starts each attempt under a detached runner process (``launcher.runner``) with one folder
+  per attempt under ``workdir/attempts``; a Kubernetes launcher will slot in beside it.
+- ``connection`` (with ``wire`` for the protobuf translations): the one bidirectional
+  gRPC stream to the control plane, heartbeats, control messages, reconnects.
+- ``agent``: ``run_agent`` wires them together and runs until SIGINT/SIGTERM.
+
+Exports resolve lazily, so the runner process (which imports this package) stays small:
+it never loads gRPC, protobuf or pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dataplane_agent.settings import AgentSettings
+
+if TYPE_CHECKING:
+    from dataplane_agent.agent import run_agent
+    from dataplane_agent.launcher.cleanup import stop_all_attempts
+    from dataplane_agent.pool_file import PoolFileError, load_pool_file
+
+__all__ = [
+    "AgentSettings",
+    "PoolFileError",
+    "load_pool_file",
+    "run_agent",
+    "stop_all_attempts",
+]
+
+_LAZY = {
+    "run_agent": "dataplane_agent.agent",
+    "stop_all_attempts": "dataplane_agent.launcher.cleanup",
+    "PoolFileError": "dataplane_agent.pool_file",
+    "load_pool_file": "dataplane_agent.pool_file",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dataplane_agent' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

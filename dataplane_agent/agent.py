@@ -1,0 +1,111 @@
+"""The agent process: read the pool file, adopt the attempts, keep the connection up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from importlib import metadata
+from typing import Any
+
+from dataplane_agent.connection import Connection
+from dataplane_agent.launcher.process import ProcessLauncher, WorkdirBusy
+from dataplane_agent.pool_file import PoolFile, PoolFileError, load_pool_file
+from dataplane_agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_CONFIG = 2
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("flyte-fleet")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def run_agent(settings: AgentSettings) -> int:
+    """Run until SIGINT/SIGTERM (0), a refused credential or fatal error (1), or a bad pool
+    file (2). Attempts keep running after the agent stops; the next agent adopts them."""
+    try:
+        pool_file = load_pool_file(settings.pools_file)
+    except PoolFileError as error:
+        log.error("%s", error)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(serve(settings, pool_file, handle_signals=True))
+    except KeyboardInterrupt:   # signal handlers could not be installed (not the main thread)
+        return EXIT_OK
+
+
+async def serve(
+    settings: AgentSettings,
+    pool_file: PoolFile,
+    stop: asyncio.Event | None = None,
+    *,
+    handle_signals: bool = False,
+) -> int:
+    """The agent inside a running event loop; returns when ``stop`` is set (0) or the
+    control plane refuses the agent (1)."""
+    stop = stop or asyncio.Event()
+    signals = _install_signal_handlers(stop) if handle_signals else []
+    connection = Connection(settings, pool_file, agent_version())
+    launcher = ProcessLauncher(
+        settings.workdir, pool_file.dataplane.name, pool_file.gpu_totals(),
+        connection.on_attempt_change, poll_interval_s=settings.poll_interval_s,
+        kill_grace_s=settings.kill_grace_s, retention_s=settings.forgotten_retention_s,
+    )
+    try:
+        async with launcher:
+            log.info("agent for dataplane %s (%s, %s) dialing %s",
+                     pool_file.dataplane.name, pool_file.dataplane.region,
+                     pool_file.dataplane.cloud, settings.control_plane)
+            return await _until_stopped(connection.run(launcher), stop)
+    except WorkdirBusy as error:
+        log.error("%s", error)
+        return EXIT_FATAL
+    except OSError as error:
+        log.error("the agent stopped: %s", error)
+        return EXIT_FATAL
+    except Exception:
+        log.exception("the agent failed")
+        return EXIT_FATAL
+    finally:
+        loop = asyncio.get_running_loop()
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def _until_stopped(connection_run: Coroutine[Any, Any, int], stop: asyncio.Event) -> int:
+    connection = asyncio.create_task(connection_run, name="connection")
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (connection, stopped):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if connection.done() and not connection.cancelled():
+        return connection.result()
+    return EXIT_OK
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, _stop_on_signal, stop, signum)
+            installed.append(signum)
+    return installed
+
+
+def _stop_on_signal(stop: asyncio.Event, signum: signal.Signals) -> None:
+    log.info("received %s: stopping the agent (attempts keep running)", signum.name)
+    stop.set()

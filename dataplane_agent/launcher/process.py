@@ -1,0 +1,377 @@
+"""The local-process launcher: each attempt runs under a detached runner process.
+
+All state lives in the attempt folders (see folder.py), so a new launcher on the same
+workdir re-adopts everything and launches nothing twice. The launcher polls the folders
+of live attempts, which works for runners it did not spawn itself (after a restart).
+Cancels are carried out by the runner (it outlives the agent): the launcher writes the
+cancel_requested marker and the runner sends SIGTERM to the job's process group, then
+SIGKILL after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from dataplane_agent.domain.attempt import (
+    AttemptStatus,
+    Outcome,
+    OutcomeKind,
+    Phase,
+    Verdict,
+    derive_status,
+)
+from dataplane_agent.domain.capacity import (
+    Holding,
+    PoolUsage,
+    Waiting,
+    admit,
+    pool_problem,
+    pool_usage,
+)
+from dataplane_agent.launcher.base import (
+    LaunchRequest,
+    StatusListener,
+    UnknownAttempt,
+    check_attempt_id,
+)
+from dataplane_agent.launcher.folder import (
+    AttemptFolder,
+    AttemptMeta,
+    CancelRequest,
+    attempt_folders,
+    now_utc,
+)
+
+log = logging.getLogger(__name__)
+
+RUNNER_MODULE = "dataplane_agent.launcher.runner"
+CLEANUP_EVERY_S = 60.0
+MAX_LOG_TAIL = 16 * 1024 * 1024
+
+
+class WorkdirBusy(RuntimeError):
+    """Another agent uses this workdir."""
+
+
+@dataclass
+class _Held:
+    folder: AttemptFolder
+    meta: AttemptMeta
+    verdict: Verdict | None = None
+    devices: tuple[int, ...] | None = None    # None until a runner was spawned
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    forgotten: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.verdict is not None and self.verdict.phase.final
+
+    def status(self) -> AttemptStatus:
+        assert self.verdict is not None, "derived when the attempt was created or adopted"
+        return AttemptStatus(
+            attempt_id=self.meta.attempt_id, job_id=self.meta.job_id, epoch=self.meta.epoch,
+            pool=self.meta.pool, phase=self.verdict.phase, reason=self.verdict.reason,
+            message=self.verdict.message, exit_code=self.verdict.exit_code,
+            started_at=self.started_at, finished_at=self.finished_at,
+        )
+
+
+class ProcessLauncher:
+    """Runs attempts as local processes; use as ``async with ProcessLauncher(...) as l:``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        dataplane: str,
+        pools: Mapping[str, int],
+        on_change: StatusListener | None = None,
+        *,
+        poll_interval_s: float = 0.25,
+        kill_grace_s: float = 10.0,
+        retention_s: float = 24 * 3600.0,
+        python: str = sys.executable,
+    ) -> None:
+        self._workdir = workdir
+        self._dataplane = dataplane
+        self._pools = dict(pools)
+        self._on_change = on_change
+        self._poll_interval_s = poll_interval_s
+        self._kill_grace_s = kill_grace_s
+        self._retention_s = retention_s
+        self._python = python
+        self._held: dict[str, _Held] = {}
+        self._runners: list[subprocess.Popen[bytes]] = []
+        self._workdir_lock: int | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._next_cleanup = 0.0
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ProcessLauncher:
+        self.open()
+        self._watcher = asyncio.create_task(self._watch(), name="launcher-watch")
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        self.close()
+
+    def open(self) -> None:
+        """Lock the workdir against a second agent and re-adopt every attempt folder."""
+        (self._workdir / "attempts").mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._workdir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WorkdirBusy(f"another agent is using the workdir {self._workdir}") from None
+        self._workdir_lock = fd
+        for folder in attempt_folders(self._workdir):
+            self._adopt(folder)
+        self._tick()
+        live = sum(1 for held in self._held.values() if not held.final)
+        log.info("launcher adopted %d attempts (%d not finished) in %s",
+                 len(self._held), live, self._workdir)
+
+    def close(self) -> None:
+        """Stop watching; the attempts' runners go on and a later launcher re-adopts them."""
+        if self._workdir_lock is not None:
+            os.close(self._workdir_lock)
+            self._workdir_lock = None
+
+    # -- the Launcher protocol -------------------------------------------------------------
+
+    async def launch(self, request: LaunchRequest) -> AttemptStatus:
+        check_attempt_id(request.attempt_id)
+        if request.attempt_id in self._held:
+            return self._held[request.attempt_id].status()
+        problem = pool_problem(self._pools, request.pool, request.gpus)
+        if problem is not None:
+            return await self.reject(request, "InvalidPool", problem)
+        held = self._create(request)
+        if held.verdict is not None:   # the folder existed: the attempt was launched before
+            return held.status()
+        log.info("launched attempt %s (job %s, pool %s, %d GPUs)",
+                 request.attempt_id, request.job_id, request.pool, request.gpus)
+        self._admit()
+        self._refresh(held)
+        return held.status()
+
+    async def reject(self, request: LaunchRequest, reason: str, message: str) -> AttemptStatus:
+        check_attempt_id(request.attempt_id)
+        if request.attempt_id in self._held:
+            return self._held[request.attempt_id].status()
+        held = self._create(request)
+        if held.verdict is None:
+            held.folder.write_outcome(Outcome(OutcomeKind.REJECTED, reason=reason, message=message))
+            log.warning("refused attempt %s: %s: %s", request.attempt_id, reason, message)
+            self._refresh(held)
+        return held.status()
+
+    async def cancel(self, attempt_id: str, reason: str, grace_s: float) -> bool:
+        held = self._held.get(attempt_id)
+        if held is None:
+            return False
+        if not held.final:
+            held.folder.write_cancel(CancelRequest(reason, grace_s))
+            log.info("cancelling attempt %s: %s", attempt_id, reason or "requested")
+            self._refresh(held)   # a waiting attempt is CANCELLED at once
+            self._admit()
+        return True
+
+    async def forget(self, attempt_id: str) -> bool:
+        held = self._held.get(attempt_id)
+        if held is None:
+            return False
+        if not held.final:
+            await self.cancel(attempt_id, "forgotten by the control plane", self._kill_grace_s)
+        held.forgotten = True
+        held.folder.write_forgotten()
+        self._drop_forgotten()
+        return True
+
+    async def read_log(self, attempt_id: str, tail_bytes: int) -> bytes:
+        folder = self._folder(attempt_id)
+        if folder is None or not folder.has_meta():
+            raise UnknownAttempt(attempt_id)
+        return folder.log_tail(min(max(tail_bytes, 0), MAX_LOG_TAIL))
+
+    def statuses(self) -> list[AttemptStatus]:
+        return [held.status() for held in self._in_order() if not held.forgotten]
+
+    def pool_usage(self) -> list[PoolUsage]:
+        return pool_usage(self._pools, self._holdings(), self._waiting())
+
+    def knows(self, attempt_id: str) -> bool:
+        return attempt_id in self._held
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                self._tick()
+            except OSError:
+                log.exception("launcher: checking the attempt folders failed; retrying")
+
+    def _tick(self) -> None:
+        self._runners = [runner for runner in self._runners if runner.poll() is None]  # reap
+        for held in self._in_order():
+            self._refresh(held)
+        self._admit()
+        self._drop_forgotten()
+        if time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + CLEANUP_EVERY_S
+            self._delete_expired()
+
+    def _refresh(self, held: _Held, *, announce: bool = True) -> None:
+        """Re-derive the attempt's phase from its folder; report it when it changed."""
+        if held.final:
+            return
+        verdict = derive_status(held.folder.facts(held.meta, spawned=held.devices is not None))
+        if verdict == held.verdict:
+            return
+        first = held.verdict is None
+        held.verdict = verdict
+        started = held.folder.started()
+        if started is not None:
+            held.started_at = started[1]
+        if verdict.phase.final:
+            outcome = held.folder.outcome()
+            held.finished_at = outcome.finished_at if outcome and outcome.finished_at else now_utc()
+            if not first:
+                log.info("attempt %s finished: %s %s", held.meta.attempt_id,
+                         verdict.phase.value.upper(), verdict.message)
+        elif verdict.phase is Phase.RUNNING:
+            log.info("attempt %s running", held.meta.attempt_id)
+        if announce and self._on_change is not None and not held.forgotten:
+            self._on_change(held.status())
+
+    def _waiting(self) -> list[Waiting]:
+        return [
+            Waiting(held.meta.attempt_id, held.meta.pool, held.meta.gpus)
+            for held in self._in_order() if held.devices is None and not held.final
+        ]
+
+    def _admit(self) -> None:
+        for admission in admit(self._pools, self._holdings(), self._waiting()):
+            held = self._held[admission.attempt_id]
+            self._spawn(held, admission.devices)
+            self._refresh(held)
+
+    def _spawn(self, held: _Held, devices: tuple[int, ...]) -> None:
+        folder = held.folder
+        lock_fd = folder.take_lock()
+        held.devices = devices
+        if lock_fd is None:   # a runner holds it already: it was spawned before
+            return
+        try:
+            folder.write_spawned(devices)
+            argv = [self._python, "-m", RUNNER_MODULE, str(folder.path), "--lock-fd", str(lock_fd)]
+            with open(folder.path / "runner.log", "ab") as runner_log:
+                runner = subprocess.Popen(
+                    argv,
+                    pass_fds=(lock_fd,), start_new_session=True, cwd=folder.path,
+                    stdin=subprocess.DEVNULL, stdout=runner_log, stderr=subprocess.STDOUT,
+                )
+            self._runners.append(runner)
+            folder.write_runner_pid(runner.pid)
+        except OSError as error:
+            folder.write_outcome(
+                Outcome(OutcomeKind.START_ERROR, message=f"cannot start the runner: {error}")
+            )
+        finally:
+            os.close(lock_fd)
+
+    # -- folders -------------------------------------------------------------------------------
+
+    def _create(self, request: LaunchRequest) -> _Held:
+        """A new attempt's folder, or (verdict already set) the one a launch made before."""
+        folder = AttemptFolder(self._workdir / "attempts" / request.attempt_id)
+        meta = AttemptMeta(
+            attempt_id=request.attempt_id, job_id=request.job_id, epoch=request.epoch,
+            dataplane=self._dataplane, pool=request.pool, gpus=request.gpus,
+            command=request.command, env=dict(request.env), timeout_s=request.timeout_s,
+            kill_grace_s=self._kill_grace_s, created_ns=time.time_ns(), spec=dict(request.spec),
+        )
+        try:
+            folder.create(meta)
+        except FileExistsError:
+            adopted = self._adopt(folder)
+            if adopted is None:
+                raise
+            return adopted
+        held = _Held(folder, meta)
+        self._held[request.attempt_id] = held
+        return held
+
+    def _adopt(self, folder: AttemptFolder) -> _Held | None:
+        if not folder.has_meta():
+            # The launch died between mkdir and writing attempt.json: nothing ran.
+            log.warning("removing the incomplete attempt folder %s", folder.path)
+            folder.remove()
+            return None
+        try:
+            meta = folder.meta()
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("skipping the unreadable attempt folder %s: %s", folder.path, error)
+            return None
+        held = _Held(folder, meta, devices=folder.spawned_devices(),
+                     forgotten=folder.forgotten_since() is not None)
+        self._held[meta.attempt_id] = held
+        self._refresh(held, announce=False)   # adopting is not a change
+        return held
+
+    def _folder(self, attempt_id: str) -> AttemptFolder | None:
+        if attempt_id in self._held:
+            return self._held[attempt_id].folder
+        try:
+            check_attempt_id(attempt_id)
+        except ValueError:
+            return None
+        return AttemptFolder(self._workdir / "attempts" / attempt_id)
+
+    def _drop_forgotten(self) -> None:
+        for attempt_id in [a for a, held in self._held.items() if held.forgotten and held.final]:
+            del self._held[attempt_id]
+
+    def _delete_expired(self) -> None:
+        cutoff = time.time() - self._retention_s
+        for folder in attempt_folders(self._workdir):
+            since = folder.forgotten_since()
+            if since is None or since > cutoff or folder.attempt_id in self._held:
+                continue
+            if not folder.runner_alive():
+                log.info("deleting the forgotten attempt folder %s", folder.path)
+                folder.remove()
+
+    def _holdings(self) -> list[Holding]:
+        return [
+            Holding(held.meta.attempt_id, held.meta.pool, held.devices)
+            for held in self._held.values() if held.devices is not None and not held.final
+        ]
+
+    def _in_order(self) -> list[_Held]:
+        return sorted(self._held.values(), key=lambda h: (h.meta.created_ns, h.meta.attempt_id))

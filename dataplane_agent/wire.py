@@ -1,0 +1,108 @@
+"""Translations between the agent's own values and the wire contract (fleet.v1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from fleet.v1 import agent_pb2, types_pb2
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dataplane_agent.domain.attempt import AttemptStatus, Phase
+from dataplane_agent.domain.capacity import PoolUsage
+from dataplane_agent.launcher.base import LaunchRequest
+from dataplane_agent.pool_file import PoolFile
+
+PHASES = {
+    Phase.STARTING: types_pb2.ATTEMPT_PHASE_STARTING,
+    Phase.RUNNING: types_pb2.ATTEMPT_PHASE_RUNNING,
+    Phase.SUCCEEDED: types_pb2.ATTEMPT_PHASE_SUCCEEDED,
+    Phase.FAILED: types_pb2.ATTEMPT_PHASE_FAILED,
+    Phase.CANCELLED: types_pb2.ATTEMPT_PHASE_CANCELLED,
+    Phase.LOST: types_pb2.ATTEMPT_PHASE_LOST,
+}
+
+PURCHASE_TYPES = {
+    "reserved": types_pb2.PURCHASE_TYPE_RESERVED,
+    "on_demand": types_pb2.PURCHASE_TYPE_ON_DEMAND,
+    "spot": types_pb2.PURCHASE_TYPE_SPOT,
+}
+
+
+def launch_request(launch: agent_pb2.Launch) -> LaunchRequest:
+    spec = launch.spec
+    timeout = seconds(spec.timeout) if spec.HasField("timeout") else 0.0
+    return LaunchRequest(
+        attempt_id=launch.attempt_id, job_id=launch.job_id, epoch=launch.epoch,
+        pool=launch.pool, gpus=spec.resources.gpus, command=tuple(spec.command),
+        env=dict(spec.env), timeout_s=timeout if timeout > 0 else None,
+        spec=json_format.MessageToDict(spec),
+    )
+
+
+def attempt_status(status: AttemptStatus) -> agent_pb2.AttemptStatus:
+    message = agent_pb2.AttemptStatus(
+        attempt_id=status.attempt_id, job_id=status.job_id, epoch=status.epoch,
+        pool=status.pool, phase=PHASES[status.phase], reason=status.reason,
+        message=status.message, exit_code=status.exit_code,
+    )
+    if status.started_at is not None:
+        message.started_at.CopyFrom(timestamp(status.started_at))
+    if status.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp(status.finished_at))
+    return message
+
+
+def pools(pool_file: PoolFile, usage: Sequence[PoolUsage]) -> list[types_pb2.Pool]:
+    free = {pool.name: pool.free for pool in usage}
+    dataplane = pool_file.dataplane
+    return [
+        types_pb2.Pool(
+            name=pool.name, region=dataplane.region, cloud=dataplane.cloud,
+            purchase_type=PURCHASE_TYPES[pool.purchase_type], gpu_model=pool.gpu_model,
+            gpu_memory_gb=pool.gpu_memory_gb, gpu_total=pool.gpu_count,
+            gpu_free=free.get(pool.name, pool.gpu_count), interconnect=pool.interconnect,
+            price_per_gpu_hour=pool.price_per_gpu_hour, labels=pool.labels,
+        )
+        for pool in pool_file.pools
+    ]
+
+
+def hello(pool_file: PoolFile, credential: str, agent_version: str) -> agent_pb2.AgentMessage:
+    dataplane = pool_file.dataplane
+    return agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+        dataplane=dataplane.name, region=dataplane.region, cloud=dataplane.cloud,
+        credential=credential, agent_version=agent_version, labels=dataplane.labels,
+    ))
+
+
+def heartbeat(
+    seq: int, pool_list: Sequence[types_pb2.Pool], statuses: Sequence[AttemptStatus]
+) -> agent_pb2.AgentMessage:
+    beat = agent_pb2.Heartbeat(
+        seq=seq, pools=pool_list, attempts=[attempt_status(s) for s in statuses]
+    )
+    beat.sent_at.CopyFrom(timestamp(datetime.now(UTC)))
+    return agent_pb2.AgentMessage(heartbeat=beat)
+
+
+def attempt_update(status: AttemptStatus) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(
+        attempt_update=agent_pb2.AttemptUpdate(status=attempt_status(status))
+    )
+
+
+def timestamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def seconds_since_epoch(stamp: Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9

@@ -145,7 +145,8 @@ def demo_command(
 
 
 def run_demo(keep: bool = False, console: Console | None = None) -> int:
-    console = console or Console()
+    # Wide enough for the summary when the output is a pipe or a CI log.
+    console = console or Console(width=None if sys.stdout.isatty() else 132)
     root = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     fleet = LocalFleet(root)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,8 +53,12 @@ def open_client(ctx: typer.Context) -> FleetClient:
     return FleetClient(global_options(ctx).address)
 
 
+# Piped output (grep, a CI log) is not wrapped at 80 columns: rows stay whole.
+PIPE_WIDTH = 200
+
+
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
 def stderr_console() -> Console:

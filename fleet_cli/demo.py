@@ -24,6 +24,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from fleet_cli.context import stdout_console
 from fleet_cli.local_fleet import LocalFleet
 from fleet_cli.render import job_phase_word, purchase_word, resources_text, run_time
 from fleet_client import FleetClient, FleetError
@@ -145,8 +146,7 @@ def demo_command(
 
 
 def run_demo(keep: bool = False, console: Console | None = None) -> int:
-    # Wide enough for the summary when the output is a pipe or a CI log.
-    console = console or Console(width=None if sys.stdout.isatty() else 132)
+    console = console or stdout_console()
     root = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     fleet = LocalFleet(root)
     try:

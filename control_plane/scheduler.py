@@ -100,7 +100,7 @@ class Scheduler:
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
         views = self.views(records)
-        ledger = ledger_for(views, await self._scheduling.holds())
+        ledger = ledger_for(*await self._scheduling.capacity())
         queued = await self._scheduling.queued(self._batch)
         orders: list[PlacementOrder] = []
         waiting: dict[str, str] = {}

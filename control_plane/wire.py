@@ -106,6 +106,7 @@ def job_to_proto(record: JobRecord) -> types_pb2.Job:
         started_at=timestamp(record.started_at),
         finished_at=timestamp(record.finished_at),
         attempts=[attempt_to_proto(a) for a in record.attempts],
+        outputs=record.outputs or b"",
     )
 
 
@@ -197,6 +198,7 @@ def reported_from_proto(status: agent_pb2.AttemptStatus) -> ReportedAttempt:
         exit_code=status.exit_code if status.HasField("exit_code") else None,
         started_at=from_timestamp(status.started_at, status.HasField("started_at")),
         finished_at=from_timestamp(status.finished_at, status.HasField("finished_at")),
+        outputs=status.outputs,
     )
 
 

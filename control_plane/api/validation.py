@@ -20,6 +20,8 @@ DEFAULT_RETRY_BUDGET = 2
 MAX_RETRY_BUDGET = 100
 MAX_GPUS = 1024
 MAX_CLIENT_KEY = 256
+# Literals travel, data stays: inputs are values and URIs, not datasets.
+MAX_INPUTS_BYTES = 4 * 1024 * 1024
 
 
 def name_problem(field: str, value: str, *, required: bool = True) -> str | None:
@@ -62,6 +64,11 @@ def spec_problems(spec: types_pb2.JobSpec, client_key: str) -> list[str]:
         problems.append("spec.timeout: must not be negative")
     if spec.HasField("retry_budget") and spec.retry_budget > MAX_RETRY_BUDGET:
         problems.append(f"spec.retry_budget: {spec.retry_budget} is more than {MAX_RETRY_BUDGET}")
+    if len(spec.inputs) > MAX_INPUTS_BYTES:
+        problems.append(
+            f"spec.inputs: {len(spec.inputs)} bytes is more than {MAX_INPUTS_BYTES} "
+            "(4 MiB); pass large data by URI (FlyteFile, FlyteDirectory), not by value"
+        )
     if len(client_key) > MAX_CLIENT_KEY:
         problems.append(f"client_key: longer than {MAX_CLIENT_KEY} characters")
     return [p for p in problems if p]

@@ -11,7 +11,7 @@ Every decision lists every pool, chosen or excluded with its reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from control_plane.domain.phases import DataplaneHealth, PurchaseType
@@ -77,15 +77,13 @@ class CapacityLedger:
         self._free[key] = self.free(key) - gpus
 
 
-def ledger_for(dataplanes: Iterable[DataplaneView], holds: dict[PoolKey, int]) -> CapacityLedger:
-    """Reported free GPUs minus GPUs placed but not yet reported by the agent."""
-    return CapacityLedger(
-        {
-            pool.key: max(0, pool.gpu_free - holds.get(pool.key, 0))
-            for dp in dataplanes
-            for pool in dp.pools
-        }
-    )
+def ledger_for(free: Mapping[PoolKey, int], holds: Mapping[PoolKey, int]) -> CapacityLedger:
+    """Reported free GPUs minus the holds: GPUs placed that no heartbeat has counted yet.
+
+    Both must come from one snapshot of the registry, or a heartbeat landing between two
+    reads would count the same GPUs as free twice.
+    """
+    return CapacityLedger({key: max(0, n - holds.get(key, 0)) for key, n in free.items()})
 
 
 def static_mismatch(demand: JobDemand, pool: PoolRecord) -> str | None:

@@ -43,6 +43,7 @@ class ReportedAttempt:
     exit_code: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    outputs: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class AttemptChange:
     exit_code: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    outputs: bytes = b""
 
 
 @dataclass
@@ -89,6 +91,7 @@ def reconcile(
                     report.exit_code,
                     report.started_at,
                     report.finished_at,
+                    report.outputs,
                 )
             )
         if report.phase.final:

@@ -58,6 +58,7 @@ class AttemptRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    outputs: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,14 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     attempts: tuple[AttemptRecord, ...] = ()
+
+    @property
+    def outputs(self) -> bytes | None:
+        """What the succeeded attempt returned (the current one; earlier ones are fenced)."""
+        for attempt in self.attempts:
+            if attempt.id == self.current_attempt_id and attempt.outputs:
+                return attempt.outputs
+        return None
 
 
 @dataclass(frozen=True)

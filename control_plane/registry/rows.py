@@ -45,6 +45,7 @@ def attempt_record(row: AttemptRow) -> AttemptRecord:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        outputs=row.outputs,
     )
 
 
@@ -122,6 +123,8 @@ async def apply_attempt_change(
         attempt.started_at = attempt.started_at or change.started_at or now
     if change.phase.final:
         attempt.finished_at = change.finished_at or now
+    if change.outputs:
+        attempt.outputs = change.outputs
     job = await session.get(JobRow, attempt.job_id, with_for_update=True)
     if job is None or job.current_attempt_id != attempt.id or job.epoch != attempt.epoch:
         return False

@@ -15,7 +15,7 @@ from control_plane.domain.records import AttemptRecord
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
 from control_plane.registry.rows import add_event, attempt_record
-from control_plane.registry.tables import AttemptRow, JobRow
+from control_plane.registry.tables import AttemptRow, JobRow, PoolRow
 
 
 @dataclass(frozen=True)
@@ -65,23 +65,37 @@ class SchedulingStore:
                 for row in await session.scalars(query)
             ]
 
-    async def holds(self) -> dict[PoolKey, int]:
-        """GPUs of live attempts that no heartbeat has counted in its pool's free GPUs yet.
+    async def capacity(self) -> tuple[dict[PoolKey, int], dict[PoolKey, int]]:
+        """Each pool's reported free GPUs and its holds, read in ONE statement (one snapshot).
 
-        An attempt update (between heartbeats) moves an attempt out of PENDING, but the
-        pool's free count only changes with the next heartbeat: the hold lasts until then.
+        A hold is the GPUs of live attempts that no heartbeat has counted in the pool's free
+        GPUs yet: an attempt update between heartbeats moves an attempt out of PENDING, but
+        the pool's free count changes only with the next heartbeat, which also marks the
+        attempt counted, in the same transaction.
         """
-        query = (
-            sa.select(AttemptRow.dataplane, AttemptRow.pool, sa.func.sum(AttemptRow.gpus))
+        held = (
+            sa.select(
+                AttemptRow.dataplane,
+                AttemptRow.pool,
+                sa.func.sum(AttemptRow.gpus).label("gpus"),
+            )
             .where(
                 AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
                 AttemptRow.counted_in_pool.is_(False),
             )
             .group_by(AttemptRow.dataplane, AttemptRow.pool)
+            .subquery()
+        )
+        query = sa.select(
+            PoolRow.dataplane, PoolRow.name, PoolRow.gpu_free, sa.func.coalesce(held.c.gpus, 0)
+        ).outerjoin(
+            held, sa.and_(held.c.dataplane == PoolRow.dataplane, held.c.pool == PoolRow.name)
         )
         async with self._db.read() as session:
             rows = (await session.execute(query)).all()
-        return {(dp, pool): int(gpus or 0) for dp, pool, gpus in rows}
+        free = {(dp, pool): int(gpu_free) for dp, pool, gpu_free, _ in rows}
+        holds = {(dp, pool): int(gpus) for dp, pool, _, gpus in rows if gpus}
+        return free, holds
 
     async def apply(
         self, orders: Sequence[PlacementOrder], waiting: dict[str, str], now: datetime

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -136,6 +137,8 @@ class AttemptRow(Base):
     # True once a heartbeat listed this attempt: from then on the pool's reported free
     # GPUs account for it. Until then its GPUs are held by the scheduler.
     counted_in_pool: Mapped[bool] = mapped_column(default=False)
+    # The output literal map (values and URIs) the agent returned with SUCCEEDED.
+    outputs: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -148,6 +148,10 @@ class FakeAgent:
         """Connect, send a first heartbeat and wait until the control plane shows the pools."""
         await self.connect()
         await self.heartbeat()
+        await self.registered()
+
+    async def registered(self) -> None:
+        """Wait until the control plane shows this agent's pools (its heartbeat landed)."""
         admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         for _ in range(250):
             listed = await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())

@@ -41,6 +41,7 @@ async def test_a_job_runs_on_an_agent_and_succeeds(database_url: str) -> None:
         welcome = await agent.connect()
         assert welcome.heartbeat_interval.seconds == 1
         await agent.heartbeat()
+        await agent.registered()
         job = await submit(jobs, job_spec(gpus=2))
         assert job.phase == P.JOB_PHASE_QUEUED
 
@@ -399,4 +400,23 @@ async def test_a_hold_lasts_until_a_heartbeat_counts_the_attempt(database_url: s
         await agent.heartbeat(status(launch.attempt_id, A_SUCCEEDED, exit_code=0))
         relaunch = await agent.expect("launch")
         assert relaunch.job_id == second.id
+        await agent.close()
+
+
+async def test_inputs_travel_to_the_agent_and_outputs_come_back(database_url: str) -> None:
+    async with control_plane(database_url) as (cp, _), job_client(cp.port) as jobs:
+        agent = FakeAgent(cp.port, "eu", [gpu_pool("h100")])
+        await agent.join()
+        job = await submit(jobs, job_spec(inputs=b"\x0a\x03lit"))
+        launch = await agent.expect("launch")
+        assert launch.spec.inputs == b"\x0a\x03lit"
+        await agent.update(status(launch.attempt_id, A_SUCCEEDED, exit_code=0, outputs=b"out-uri"))
+        done = await wait_for_phase(jobs, job.id, P.JOB_PHASE_SUCCEEDED)
+        assert done.outputs == b"out-uri"
+        listed = await jobs.List(jobs_pb2.ListJobsRequest())
+        assert listed.jobs[0].outputs == b""  # List stays small
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await submit(jobs, job_spec(inputs=b"x" * (4 * 1024 * 1024 + 1)))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "pass large data by URI" in (caught.value.details() or "")
         await agent.close()

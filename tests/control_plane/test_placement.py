@@ -53,8 +53,12 @@ def fleet(
     ]
 
 
+def free_of(views: list[DataplaneView]) -> dict[tuple[str, str], int]:
+    return {p.key: p.gpu_free for dp in views for p in dp.pools}
+
+
 def decide(demand: JobDemand, views: list[DataplaneView]) -> tuple[str, str] | None:
-    return place(demand, views, ledger_for(views, {})).placement
+    return place(demand, views, ledger_for(free_of(views), {})).placement
 
 
 def test_prefers_reserved_then_on_demand_then_spot() -> None:
@@ -77,7 +81,7 @@ def test_bursts_to_the_next_tier_when_reserved_is_full() -> None:
 
 def test_spot_refused_by_the_job_is_never_chosen() -> None:
     views = fleet(pool("spot", "p", tier=PurchaseType.SPOT))
-    decision = place(JobDemand("j", 1, allow_spot=False), views, ledger_for(views, {}))
+    decision = place(JobDemand("j", 1, allow_spot=False), views, ledger_for(free_of(views), {}))
     assert decision.placement is None
     assert decision.candidates[0].reason == "spot capacity refused by the job"
 
@@ -92,7 +96,9 @@ def test_spot_refused_by_the_job_is_never_chosen() -> None:
     ],
 )
 def test_each_hard_constraint_excludes_with_its_reason(demand: JobDemand, reason: str) -> None:
-    decision = place(demand, fleet(pool("onprem", "p")), ledger_for(fleet(pool("onprem", "p")), {}))
+    decision = place(
+        demand, fleet(pool("onprem", "p")), ledger_for(free_of(fleet(pool("onprem", "p"))), {})
+    )
     assert decision.placement is None
     assert [c.reason for c in decision.candidates] == [reason]
     assert reason in decision.summary
@@ -114,20 +120,20 @@ def test_unhealthy_dataplanes_get_no_work(
     health: DataplaneHealth, connected: bool, reason: str
 ) -> None:
     views = fleet(pool("a", "p"), health=health, connected=connected)
-    decision = place(JobDemand("j", 1), views, ledger_for(views, {}))
+    decision = place(JobDemand("j", 1), views, ledger_for(free_of(views), {}))
     assert decision.placement is None
     assert decision.candidates[0].reason == reason
 
 
 def test_holds_deduct_capacity_not_yet_reported() -> None:
     views = fleet(pool("a", "p", total=8, free=8), pool("b", "p", total=8, free=8, price=2.0))
-    ledger = ledger_for(views, {("a", "p"): 7})
+    ledger = ledger_for(free_of(views), {("a", "p"): 7})
     assert place(JobDemand("j", 2), views, ledger).placement == ("b", "p")
 
 
 def test_a_burst_spreads_over_pools_of_the_same_tier_and_price() -> None:
     views = fleet(pool("a", "p", total=4), pool("b", "p", total=4))
-    ledger = ledger_for(views, {})
+    ledger = ledger_for(free_of(views), {})
     chosen = []
     for i in range(4):
         decision = place(JobDemand(f"j{i}", 2), views, ledger)
@@ -145,7 +151,7 @@ def test_cpu_jobs_prefer_cpu_pools() -> None:
 
 def test_every_pool_is_listed_with_a_reason() -> None:
     views = fleet(pool("a", "p"), pool("b", "p", model="A100"), pool("c", "p", price=9.0))
-    decision = place(JobDemand("j", 1, gpu_model="H100"), views, ledger_for(views, {}))
+    decision = place(JobDemand("j", 1, gpu_model="H100"), views, ledger_for(free_of(views), {}))
     by_dp = {c.dataplane: c for c in decision.candidates}
     assert by_dp["a"].chosen
     assert "reserved tier" in by_dp["a"].reason

@@ -187,6 +187,7 @@ class AttemptStatus(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     job_id: _builtins.str
     epoch: _builtins.int
@@ -195,6 +196,8 @@ class AttemptStatus(_message.Message):
     reason: _builtins.str
     message: _builtins.str
     exit_code: _builtins.int
+    outputs: _builtins.bytes
+    """With SUCCEEDED: the serialized flyteidl.core.LiteralMap the task wrote (outputs.pb), if any."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -212,10 +215,11 @@ class AttemptStatus(_message.Message):
         exit_code: _builtins.int | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        outputs: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt_id", b"attempt_id", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "message", b"message", "phase", b"phase", "pool", b"pool", "reason", b"reason", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt_id", b"attempt_id", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "message", b"message", "outputs", b"outputs", "phase", b"phase", "pool", b"pool", "reason", b"reason", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

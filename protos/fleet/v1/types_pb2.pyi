@@ -259,6 +259,7 @@ class JobSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_BUDGET_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     domain: _builtins.str
     name: _builtins.str
@@ -267,6 +268,10 @@ class JobSpec(_message.Message):
     priority: _builtins.int
     retry_budget: _builtins.int
     """failures and losses allowed before the job fails"""
+    inputs: _builtins.bytes
+    """A serialized flyteidl.core.LiteralMap: the task's input values and URIs, never the data
+    behind them. The agent stages it as inputs.pb in its own region's store.
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv"""
@@ -296,10 +301,11 @@ class JobSpec(_message.Message):
         priority: _builtins.int = ...,
         timeout: _duration_pb2.Duration | None = ...,
         retry_budget: _builtins.int | None = ...,
+        inputs: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget", "resources", b"resources", "retry_budget", b"retry_budget", "routing", b"routing", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget", "command", b"command", "domain", b"domain", "env", b"env", "image", b"image", "labels", b"labels", "name", b"name", "priority", b"priority", "project", b"project", "resources", b"resources", "retry_budget", b"retry_budget", "routing", b"routing", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget", "command", b"command", "domain", b"domain", "env", b"env", "image", b"image", "inputs", b"inputs", "labels", b"labels", "name", b"name", "priority", b"priority", "project", b"project", "resources", b"resources", "retry_budget", b"retry_budget", "routing", b"routing", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__retry_budget: _TypeAlias = _typing.Literal["retry_budget"]  # noqa: Y015
     _WhichOneofArgType__retry_budget: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget"]  # noqa: Y015
@@ -331,7 +337,7 @@ class Attempt(_message.Message):
     pool: _builtins.str
     phase: Global___AttemptPhase.ValueType
     reason: _builtins.str
-    """short machine word: Unschedulable, OOMKilled, DataplaneLost, ..."""
+    """Short machine word: UserError, SystemError, Unschedulable, OOMKilled, DataplaneLost, ..."""
     message: _builtins.str
     exit_code: _builtins.int
     @_builtins.property
@@ -385,6 +391,7 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     client_key: _builtins.str
     phase: Global___JobPhase.ValueType
@@ -396,6 +403,10 @@ class Job(_message.Message):
     dataplane: _builtins.str
     """of the current attempt"""
     pool: _builtins.str
+    outputs: _builtins.bytes
+    """The serialized flyteidl.core.LiteralMap the succeeded attempt returned (values and URIs
+    into its dataplane's store); empty in List.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -408,7 +419,7 @@ class Job(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
-        """oldest first"""
+        """oldest first; empty in List"""
 
     def __init__(
         self,
@@ -428,10 +439,11 @@ class Job(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        outputs: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "client_key", b"client_key", "created_at", b"created_at", "dataplane", b"dataplane", "epoch", b"epoch", "finished_at", b"finished_at", "id", b"id", "message", b"message", "phase", b"phase", "pool", b"pool", "retries_used", b"retries_used", "retry_budget", b"retry_budget", "spec", b"spec", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "client_key", b"client_key", "created_at", b"created_at", "dataplane", b"dataplane", "epoch", b"epoch", "finished_at", b"finished_at", "id", b"id", "message", b"message", "outputs", b"outputs", "phase", b"phase", "pool", b"pool", "retries_used", b"retries_used", "retry_budget", b"retry_budget", "spec", b"spec", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

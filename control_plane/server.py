@@ -52,6 +52,11 @@ class SettingsError(ValueError):
     pass
 
 
+# Adds more servicers to the control plane's server (e.g. flytekit's connector service, so
+# Flyte's propeller can point at the control plane) and returns their full service names.
+ServiceInstaller = Callable[[grpc.aio.Server], Sequence[str]]
+
+
 @dataclass
 class RunningControlPlane:
     port: int
@@ -70,7 +75,11 @@ class RunningControlPlane:
         await self.database.close()
 
 
-async def start(settings: ControlPlaneSettings, clock: Clock | None = None) -> RunningControlPlane:
+async def start(
+    settings: ControlPlaneSettings,
+    clock: Clock | None = None,
+    extra_services: Sequence[ServiceInstaller] = (),
+) -> RunningControlPlane:
     clock = clock or SystemClock()
     if not settings.join_token:
         raise SettingsError("join token: required (--join-token or FLEET_JOIN_TOKEN)")
@@ -110,6 +119,9 @@ async def start(settings: ControlPlaneSettings, clock: Clock | None = None) -> R
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminService(dataplanes, hub, clock, timers), server
     )
+    names = list(SERVICE_NAMES)
+    for install in extra_services:
+        names.extend(install(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

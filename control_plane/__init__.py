@@ -11,7 +11,20 @@ Layers, each importing only those below it (checked by import-linter in the test
 - `domain`: pure decisions: phases and the job state machine, placement, reconcile, timers.
 """
 
-from control_plane.server import RunningControlPlane, SettingsError, serve, start
+from control_plane.server import (
+    RunningControlPlane,
+    ServiceInstaller,
+    SettingsError,
+    serve,
+    start,
+)
 from control_plane.settings import ControlPlaneSettings
 
-__all__ = ["ControlPlaneSettings", "RunningControlPlane", "SettingsError", "serve", "start"]
+__all__ = [
+    "ControlPlaneSettings",
+    "RunningControlPlane",
+    "ServiceInstaller",
+    "SettingsError",
+    "serve",
+    "start",
+]

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -126,7 +127,7 @@ async def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            *SERVICE_NAMES,
+            *names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -136,7 +137,7 @@ async def start(
     if port == 0:
         raise SettingsError(f"listen: cannot bind {settings.listen}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
     log.info("control plane listening on port %d, database %s", port, redact(database.url))
@@ -145,13 +146,15 @@ async def start(
     return RunningControlPlane(port, server, database, scheduler, scheduler_task, health_servicer)
 
 
-def serve(settings: ControlPlaneSettings) -> None:
+def serve(settings: ControlPlaneSettings, extra_services: Sequence[ServiceInstaller] = ()) -> None:
     """Run until SIGINT or SIGTERM."""
-    asyncio.run(_serve(settings))
+    asyncio.run(_serve(settings, extra_services))
 
 
-async def _serve(settings: ControlPlaneSettings) -> None:
-    running = await start(settings)
+async def _serve(
+    settings: ControlPlaneSettings, extra_services: Sequence[ServiceInstaller]
+) -> None:
+    running = await start(settings, extra_services=extra_services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

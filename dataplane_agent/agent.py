@@ -59,12 +59,14 @@ async def serve(
         settings.workdir, pool_file.dataplane.name, pool_file.gpu_totals(),
         connection.on_attempt_change, poll_interval_s=settings.poll_interval_s,
         kill_grace_s=settings.kill_grace_s, retention_s=settings.forgotten_retention_s,
+        store_prefix=pool_file.dataplane.store_prefix,
     )
     try:
         async with launcher:
             log.info("agent for dataplane %s (%s, %s) dialing %s",
                      pool_file.dataplane.name, pool_file.dataplane.region,
                      pool_file.dataplane.cloud, settings.control_plane)
+            log.info("Flyte tasks keep their data under %s", launcher.store_prefix)
             return await _until_stopped(connection.run(launcher), stop)
     except WorkdirBusy as error:
         log.error("%s", error)

@@ -7,6 +7,7 @@ Line numbers come from PyYAML's node tree, matched to pydantic's error locations
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn
@@ -14,6 +15,8 @@ from typing import Annotated, Literal, NoReturn
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
+
+from dataplane_agent.domain.flyte import is_store_prefix
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PURCHASE_TYPES = ("reserved", "on_demand", "spot")
@@ -76,6 +79,39 @@ def _labels(value: object) -> dict[str, str]:
     return value
 
 
+def _store_prefix(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_store_prefix(value):
+        raise _problem(
+            "must be an absolute path or a URL with a scheme "
+            "(/srv/fleet-store, file:///srv/fleet-store, s3://bucket/fleet/eu)", value,
+        )
+    scheme = value.split("://", 1)[0].lower() if "://" in value else "file"
+    problem = _filesystem_problem(scheme)
+    if problem is not None:
+        raise _problem(problem, value)
+    return value
+
+
+def _filesystem_problem(scheme: str) -> str | None:
+    """Why fsspec could not open the scheme here (an unknown one, a missing package)."""
+    from fsspec.registry import (  # type: ignore[import-untyped]
+        known_implementations,
+        registry,
+    )
+
+    if scheme in registry:
+        return None
+    known = known_implementations.get(scheme)
+    if known is None:
+        return f"fsspec knows no filesystem for the scheme {scheme!r}"
+    package = str(known["class"]).split(".", 1)[0]
+    if importlib.util.find_spec(package) is None:
+        return str(known.get("err") or f"the scheme {scheme!r} needs the package {package}")
+    return None
+
+
 Name = Annotated[str, BeforeValidator(_dns_label)]
 NonEmpty = Annotated[str, BeforeValidator(_non_empty_string)]
 Text = Annotated[str, BeforeValidator(_string)]
@@ -85,6 +121,7 @@ PurchaseType = Annotated[
     Literal["reserved", "on_demand", "spot"], BeforeValidator(_purchase_type)
 ]
 Labels = Annotated[dict[str, str], BeforeValidator(_labels)]
+StorePrefix = Annotated[str | None, BeforeValidator(_store_prefix)]
 
 
 class DataplaneConfig(BaseModel):
@@ -94,6 +131,9 @@ class DataplaneConfig(BaseModel):
     region: NonEmpty
     cloud: NonEmpty
     labels: Labels = Field(default_factory=dict)
+    # Where Flyte tasks keep their data in this region (any fsspec URL or an absolute path);
+    # None: <workdir>/store.
+    store_prefix: StorePrefix = None
 
 
 class PoolConfig(BaseModel):

@@ -34,11 +34,15 @@ PURCHASE_TYPES = {
 def launch_request(launch: agent_pb2.Launch) -> LaunchRequest:
     spec = launch.spec
     timeout = seconds(spec.timeout) if spec.HasField("timeout") else 0.0
+    recorded = types_pb2.JobSpec()
+    recorded.CopyFrom(spec)
+    recorded.ClearField("inputs")   # staged as inputs.pb, not kept twice
     return LaunchRequest(
         attempt_id=launch.attempt_id, job_id=launch.job_id, epoch=launch.epoch,
         pool=launch.pool, gpus=spec.resources.gpus, command=tuple(spec.command),
         env=dict(spec.env), timeout_s=timeout if timeout > 0 else None,
-        spec=json_format.MessageToDict(spec),
+        spec=json_format.MessageToDict(recorded), project=spec.project, domain=spec.domain,
+        name=spec.name, inputs=spec.inputs,
     )
 
 
@@ -46,7 +50,7 @@ def attempt_status(status: AttemptStatus) -> agent_pb2.AttemptStatus:
     message = agent_pb2.AttemptStatus(
         attempt_id=status.attempt_id, job_id=status.job_id, epoch=status.epoch,
         pool=status.pool, phase=PHASES[status.phase], reason=status.reason,
-        message=status.message, exit_code=status.exit_code,
+        message=status.message, exit_code=status.exit_code, outputs=status.outputs,
     )
     if status.started_at is not None:
         message.started_at.CopyFrom(timestamp(status.started_at))

@@ -7,16 +7,20 @@ SQLAlchemy) still runs `fleet agent` and the client commands.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fleet_cli import parse
 from fleet_cli.context import option_parser
+
+if TYPE_CHECKING:
+    from control_plane import ServiceInstaller
 
 JOIN_TOKEN_ENV = "FLEET_JOIN_TOKEN"
 
@@ -103,10 +107,19 @@ def control_plane(
         Path | None,
         typer.Option(metavar="PATH", help="Write the bound port here once listening."),
     ] = None,
+    flyte_connector: Annotated[
+        bool,
+        typer.Option(
+            "--flyte-connector",
+            help="Also serve flytekit's connector service for the `fleet` task type on the "
+            "same port, so Flyte's propeller can point at the control plane (needs the "
+            "`flyte` extra).",
+        ),
+    ] = False,
     log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Run the control plane until SIGINT or SIGTERM."""
-    from control_plane import serve  # type: ignore[attr-defined, unused-ignore]
+    from control_plane import serve
     from control_plane.settings import ControlPlaneSettings
 
     # Unset options keep ControlPlaneSettings' defaults, the one place they are written.
@@ -129,7 +142,25 @@ def control_plane(
             param_hint="'--heartbeat-interval' / '--stale-after' / '--lost-after'",
         )
     _configure_logging(log_level)
-    serve(settings)
+    extra_services: list[ServiceInstaller] = []
+    if flyte_connector:
+        extra_services.append(_flyte_connector_installer(settings.listen))
+    serve(settings, extra_services)
+
+
+def _flyte_connector_installer(listen: str) -> ServiceInstaller:
+    """flytekit's connector services, calling back into this control plane's JobService."""
+    try:
+        from flyte_plugin.connector_service import install
+    except ImportError as error:
+        raise typer.BadParameter(
+            f"needs the flyte extra (pip install 'flyte-fleet[flyte]'): {error}",
+            param_hint="'--flyte-connector'",
+        ) from error
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return functools.partial(install, fleet_address=f"{host}:{port}")
 
 
 def agent(

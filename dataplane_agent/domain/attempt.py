@@ -17,6 +17,8 @@ Agent-side attempt phases::
 | -       | -            | rejected                | -      | FAILED    | InvalidPool, ... |
 | yes     | yes          | none, job not started   | -      | STARTING  |                  |
 | yes     | yes          | none, job started       | -      | RUNNING   |                  |
+| yes     | -            | exit, staged, not read  | -      | RUNNING   |                  |
+| yes     | -            | exit, staged, a failure | -      | FAILED    | UserError, ...   |
 | yes     | -            | exit 0                  | -      | SUCCEEDED |                  |
 | yes     | -            | exit N != 0             | -      | FAILED    | Error            |
 | yes     | -            | could not start the job | -      | FAILED    | Error            |
@@ -26,7 +28,13 @@ Agent-side attempt phases::
 | yes     | no           | none                    | no     | LOST      | RunnerVanished   |
 
 "spawned" means a runner process was started for the attempt (its GPUs were free);
-"rejected" is a launch refused by the agent (InvalidPool, Draining).
+"rejected" is a launch refused by the agent (InvalidPool, Draining; InvalidSpec,
+InvalidInputs or SystemError when a Flyte task could not be staged). A "staged" attempt (a
+Flyte task, see ``domain.flyte``) has a prefix in the region's store: once its process
+exited, the agent reads what the task left there (error.pb, outputs.pb) into a
+:class:`TaskResult`; until then it stays RUNNING, so that it never ends without its outputs.
+A failure found there (UserError, SystemError, OutputsTooLarge, ...) wins over the exit
+code; otherwise the exit code decides.
 
 The final phases (SUCCEEDED, FAILED, CANCELLED, LOST) never change again.
 """
@@ -71,6 +79,15 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class TaskResult:
+    """What a staged attempt's task left in the store, as it bears on the attempt's end:
+    a failure (reason set) that overrides the exit code's verdict, or nothing to add."""
+
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class FolderFacts:
     gpus: int
     pool: str
@@ -81,6 +98,14 @@ class FolderFacts:
     cancel_requested: bool
     cancel_reason: str = ""
     last_log_line: str = ""
+    staged: bool = False                   # has a prefix in the store (a Flyte task)
+    task_result: TaskResult | None = None  # read from the store after the process exited
+
+    @property
+    def awaits_task_result(self) -> bool:
+        """A staged attempt's process exited; what its task left is still to be read."""
+        exited = self.outcome is not None and self.outcome.kind is OutcomeKind.EXITED
+        return self.staged and exited and self.task_result is None
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,7 @@ class AttemptStatus:
     exit_code: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    outputs: bytes = b""   # with SUCCEEDED: the serialized LiteralMap the task wrote
 
 
 def waiting_message(gpus: int, pool: str) -> str:
@@ -118,6 +144,11 @@ def derive_status(facts: FolderFacts) -> Verdict:
     and only then exits, so "not alive and no outcome" really means it vanished.
     """
     if facts.outcome is not None:
+        if facts.awaits_task_result:
+            return Verdict(Phase.RUNNING)   # its outputs or error are still to be read
+        result = facts.task_result
+        if facts.outcome.kind is OutcomeKind.EXITED and result is not None and result.reason:
+            return Verdict(Phase.FAILED, result.reason, result.message, facts.outcome.exit_code)
         return _from_outcome(facts.outcome, facts.last_log_line)
     if not facts.spawned:
         if facts.cancel_requested:

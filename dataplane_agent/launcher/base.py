@@ -44,8 +44,14 @@ class LaunchRequest:
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
-    # The whole job spec as JSON, kept in the attempt's record for people and later launchers.
+    # The whole job spec as JSON (without its inputs), kept in the attempt's record for
+    # people and later launchers.
     spec: Mapping[str, object] = field(default_factory=dict)
+    project: str = ""
+    domain: str = ""
+    name: str = ""
+    # A serialized flyteidl LiteralMap, staged as inputs.pb in the region's store.
+    inputs: bytes = b""
 
 
 class Launcher(Protocol):

@@ -11,6 +11,9 @@ detached runner needs nothing but the folder. Files:
     result.json       how it ended (atomic: written to a temporary name, then renamed)
     cancel_requested  reason and grace period of a cancel
     forgotten         the control plane recorded the end: stop reporting, delete later
+    task_result.json  a staged attempt's end as read from the store (after outputs.pb)
+    outputs.pb        the LiteralMap its task wrote, copied here so that every heartbeat
+                      carries it without reading the store again
     log               the job's stdout and stderr; runner.log holds the runner's own
 
 Only the standard library here: the runner imports this module.
@@ -27,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dataplane_agent.domain.attempt import FolderFacts, Outcome, OutcomeKind
+from dataplane_agent.domain.attempt import FolderFacts, Outcome, OutcomeKind, TaskResult
 
 LAST_LINE_WINDOW = 4096
 LAST_LINE_MAX = 300
@@ -52,6 +55,9 @@ class AttemptMeta:
     kill_grace_s: float = 10.0
     created_ns: int = 0   # launch order: waiting attempts start oldest first
     spec: dict[str, Any] = field(default_factory=dict)
+    # A staged attempt's folder in the region's store ("" for a plain command): the store
+    # prefix may change between agent runs, an adopted attempt keeps its own.
+    attempt_prefix: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +65,7 @@ class AttemptMeta:
             "dataplane": self.dataplane, "pool": self.pool, "gpus": self.gpus,
             "command": list(self.command), "env": self.env, "timeout_s": self.timeout_s,
             "kill_grace_s": self.kill_grace_s, "created_ns": self.created_ns, "spec": self.spec,
+            "attempt_prefix": self.attempt_prefix,
         }
 
     @staticmethod
@@ -71,6 +78,7 @@ class AttemptMeta:
             timeout_s=None if data["timeout_s"] is None else float(data["timeout_s"]),
             kill_grace_s=float(data["kill_grace_s"]), created_ns=int(data["created_ns"]),
             spec=dict(data.get("spec") or {}),
+            attempt_prefix=str(data.get("attempt_prefix") or ""),
         )
 
 
@@ -174,6 +182,24 @@ class AttemptFolder:
             finished_at=_parse(data["finished_at"]),
         )
 
+    def write_task_result(self, result: TaskResult, outputs: bytes) -> None:
+        """outputs.pb first: task_result.json present means outputs.pb is complete."""
+        if outputs:
+            self._write_bytes("outputs.pb", outputs)
+        self._write_json("task_result.json", {"reason": result.reason, "message": result.message})
+
+    def task_result(self) -> TaskResult | None:
+        data = self._read_json_or_none("task_result.json")
+        if data is None:
+            return None
+        return TaskResult(str(data.get("reason", "")), str(data.get("message", "")))
+
+    def task_outputs(self) -> bytes:
+        try:
+            return (self.path / "outputs.pb").read_bytes()
+        except FileNotFoundError:
+            return b""
+
     def write_cancel(self, request: CancelRequest) -> None:
         if not self.cancel_request():
             self._write_json("cancel_requested", {
@@ -225,12 +251,15 @@ class AttemptFolder:
         failed = outcome is not None and outcome.kind in (
             OutcomeKind.EXITED, OutcomeKind.DEADLINE_EXCEEDED
         ) and outcome.exit_code != 0
+        staged = bool(meta.attempt_prefix)
+        exited = outcome is not None and outcome.kind is OutcomeKind.EXITED
         return FolderFacts(
             gpus=meta.gpus, pool=meta.pool, spawned=spawned, runner_alive=alive,
             job_started=(self.path / "started.json").exists(), outcome=outcome,
             cancel_requested=cancel is not None,
             cancel_reason=cancel.reason if cancel else "",
             last_log_line=self.last_log_line() if failed else "",
+            staged=staged, task_result=self.task_result() if staged and exited else None,
         )
 
     # -- small atomic file helpers -----------------------------------------------------------
@@ -239,10 +268,13 @@ class AttemptFolder:
         self._write_text(name, json.dumps(data, indent=1, sort_keys=True))
 
     def _write_text(self, name: str, text: str) -> None:
+        self._write_bytes(name, text.encode("utf-8"))
+
+    def _write_bytes(self, name: str, data: bytes) -> None:
         target = self.path / name
         tmp = self.path / f".{name}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write(text)
+        with open(tmp, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)

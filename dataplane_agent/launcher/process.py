@@ -6,6 +6,12 @@ of live attempts, which works for runners it did not spawn itself (after a resta
 Cancels are carried out by the runner (it outlives the agent): the launcher writes the
 cancel_requested marker and the runner sends SIGTERM to the job's process group, then
 SIGKILL after the grace period.
+
+A Flyte task (a command with Flyte's placeholders, or a job with inputs) is staged first:
+its inputs go to its prefix in the dataplane's store and its command is rendered to that
+prefix (see flyte_tasks.py). When its process has exited, the watcher reads what the task
+left there, keeps it in the attempt folder, and only then ends the attempt, so that
+SUCCEEDED always comes with its outputs.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from dataplane_agent.domain.capacity import (
     pool_problem,
     pool_usage,
 )
+from dataplane_agent.launcher import staging
 from dataplane_agent.launcher.base import (
     LaunchRequest,
     StatusListener,
     UnknownAttempt,
     check_attempt_id,
 )
+from dataplane_agent.launcher.flyte_tasks import FlyteTasks
 from dataplane_agent.launcher.folder import (
     AttemptFolder,
     AttemptMeta,
@@ -74,6 +82,7 @@ class _Held:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     forgotten: bool = False
+    outputs: bytes = b""   # a staged attempt's, once SUCCEEDED
 
     @property
     def final(self) -> bool:
@@ -86,6 +95,7 @@ class _Held:
             pool=self.meta.pool, phase=self.verdict.phase, reason=self.verdict.reason,
             message=self.verdict.message, exit_code=self.verdict.exit_code,
             started_at=self.started_at, finished_at=self.finished_at,
+            outputs=self.outputs if self.verdict.phase is Phase.SUCCEEDED else b"",
         )
 
 
@@ -103,8 +113,11 @@ class ProcessLauncher:
         kill_grace_s: float = 10.0,
         retention_s: float = 24 * 3600.0,
         python: str = sys.executable,
+        store_prefix: str | None = None,
     ) -> None:
         self._workdir = workdir
+        # Staged attempts keep their data under the store prefix (any fsspec URL).
+        self._tasks = FlyteTasks(store_prefix or str(workdir / "store"))
         self._dataplane = dataplane
         self._pools = dict(pools)
         self._on_change = on_change
@@ -140,6 +153,7 @@ class ProcessLauncher:
     def open(self) -> None:
         """Lock the workdir against a second agent and re-adopt every attempt folder."""
         (self._workdir / "attempts").mkdir(parents=True, exist_ok=True)
+        self._tasks.open()
         fd = os.open(self._workdir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,6 +174,10 @@ class ProcessLauncher:
             os.close(self._workdir_lock)
             self._workdir_lock = None
 
+    @property
+    def store_prefix(self) -> str:
+        return self._tasks.store_prefix
+
     # -- the Launcher protocol -------------------------------------------------------------
 
     async def launch(self, request: LaunchRequest) -> AttemptStatus:
@@ -169,7 +187,13 @@ class ProcessLauncher:
         problem = pool_problem(self._pools, request.pool, request.gpus)
         if problem is not None:
             return await self.reject(request, "InvalidPool", problem)
-        held = self._create(request)
+        try:
+            staged = await self._tasks.stage(request)
+        except staging.StagingError as error:
+            return await self.reject(request, error.reason, str(error))
+        if request.attempt_id in self._held:   # a repeated launch got there while it staged
+            return self._held[request.attempt_id].status()
+        held = self._create(request, staged)
         if held.verdict is not None:   # the folder existed: the attempt was launched before
             return held.status()
         log.info("launched attempt %s (job %s, pool %s, %d GPUs)",
@@ -233,6 +257,9 @@ class ProcessLauncher:
             await asyncio.sleep(self._poll_interval_s)
             try:
                 self._tick()
+                for attempt_id in await self._tasks.read_results():
+                    if attempt_id in self._held:
+                        self._refresh(self._held[attempt_id])
             except OSError:
                 log.exception("launcher: checking the attempt folders failed; retrying")
 
@@ -250,7 +277,10 @@ class ProcessLauncher:
         """Re-derive the attempt's phase from its folder; report it when it changed."""
         if held.final:
             return
-        verdict = derive_status(held.folder.facts(held.meta, spawned=held.devices is not None))
+        facts = held.folder.facts(held.meta, spawned=held.devices is not None)
+        verdict = derive_status(facts)
+        if facts.awaits_task_result and facts.outcome is not None:
+            self._tasks.exited(held.folder, held.meta, facts.outcome.exit_code)
         if verdict == held.verdict:
             return
         first = held.verdict is None
@@ -259,6 +289,8 @@ class ProcessLauncher:
         if started is not None:
             held.started_at = started[1]
         if verdict.phase.final:
+            if verdict.phase is Phase.SUCCEEDED and facts.staged:
+                held.outputs = held.folder.task_outputs()
             outcome = held.folder.outcome()
             held.finished_at = outcome.finished_at if outcome and outcome.finished_at else now_utc()
             if not first:
@@ -307,14 +339,16 @@ class ProcessLauncher:
 
     # -- folders -------------------------------------------------------------------------------
 
-    def _create(self, request: LaunchRequest) -> _Held:
+    def _create(self, request: LaunchRequest, staged: staging.StagedTask | None = None) -> _Held:
         """A new attempt's folder, or (verdict already set) the one a launch made before."""
         folder = AttemptFolder(self._workdir / "attempts" / request.attempt_id)
         meta = AttemptMeta(
             attempt_id=request.attempt_id, job_id=request.job_id, epoch=request.epoch,
             dataplane=self._dataplane, pool=request.pool, gpus=request.gpus,
-            command=request.command, env=dict(request.env), timeout_s=request.timeout_s,
+            command=staged.command if staged else request.command,
+            env=staged.env if staged else dict(request.env), timeout_s=request.timeout_s,
             kill_grace_s=self._kill_grace_s, created_ns=time.time_ns(), spec=dict(request.spec),
+            attempt_prefix=staged.prefix if staged else "",
         )
         try:
             folder.create(meta)
@@ -325,6 +359,7 @@ class ProcessLauncher:
             return adopted
         held = _Held(folder, meta)
         self._held[request.attempt_id] = held
+        self._tasks.remember(meta)
         return held
 
     def _adopt(self, folder: AttemptFolder) -> _Held | None:
@@ -341,6 +376,7 @@ class ProcessLauncher:
         held = _Held(folder, meta, devices=folder.spawned_devices(),
                      forgotten=folder.forgotten_since() is not None)
         self._held[meta.attempt_id] = held
+        self._tasks.remember(meta)
         self._refresh(held, announce=False)   # adopting is not a change
         return held
 
@@ -366,6 +402,7 @@ class ProcessLauncher:
             if not folder.runner_alive():
                 log.info("deleting the forgotten attempt folder %s", folder.path)
                 folder.remove()
+                self._tasks.drop(folder.attempt_id)
 
     def _holdings(self) -> list[Holding]:
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import grpc
 import grpc.aio
 import pytest
 from fleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from flyteidl.core import literals_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -227,6 +229,59 @@ async def test_a_long_log_comes_in_chunks_of_at_most_64_kib(
         chunks = [await fake.expect("log_chunk") for _ in range(3)]
         assert [len(c.data) for c in chunks] == [65536, 65536, 140_000 - 2 * 65536]
         assert [c.eof for c in chunks] == [False, False, True]
+
+
+# Stands in for pyflyte-execute: writes the LiteralMap given in hex as outputs.pb.
+WRITE_OUTPUTS = """\
+import os, sys
+prefix = sys.argv[1].removeprefix("file://")
+os.makedirs(prefix, exist_ok=True)
+open(os.path.join(prefix, "outputs.pb"), "wb").write(bytes.fromhex(sys.argv[2]))
+"""
+
+
+async def test_a_flyte_task_stages_in_the_pool_file_s_store_and_its_outputs_ride_every_heartbeat(
+    control_plane: tuple[FakeControlPlane, int], tmp_path: Path, workdir: Path
+) -> None:
+    fake, port = control_plane
+    store = tmp_path / "regional-store"
+    settings = settings_for(tmp_path, workdir, port)
+    settings.pools_file.write_text(POOLS_YAML.replace(
+        "  labels: {site: lab}\n", f"  labels: {{site: lab}}\n  store_prefix: file://{store}\n"
+    ))
+    inputs, outputs = literal_map(x=21), literal_map(o0=42)
+    spec = types_pb2.JobSpec(
+        project="flytesnacks", domain="development", inputs=inputs,
+        command=[sys.executable, "-c", WRITE_OUTPUTS, "{{.outputPrefix}}", outputs.hex()],
+    )
+    async with running_agent(settings):
+        await fake.send(launch=agent_pb2.Launch(
+            attempt_id="f1", job_id="job-f1", epoch=1, pool="h100", spec=spec
+        ))
+
+        done = await fake.expect(
+            "attempt_update", lambda u: u.status.phase == Phase.ATTEMPT_PHASE_SUCCEEDED, "done"
+        )
+        assert done.status.outputs == outputs
+        for _ in range(2):
+            beat = await fake.expect("heartbeat", lambda h: "f1" in listed(h), "listing f1")
+            assert [a.outputs for a in beat.attempts] == [outputs]
+
+        await fake.send(forget=agent_pb2.Forget(attempt_id="f1"))
+        await fake.expect("heartbeat", lambda h: "f1" not in listed(h), "without f1")
+
+    prefix = store / "flytesnacks" / "development" / "job-f1" / "f1"
+    assert (prefix / "inputs.pb").read_bytes() == inputs
+    recorded = json.loads((workdir / "attempts" / "f1" / "attempt.json").read_text())
+    assert recorded["spec"]["project"] == "flytesnacks"
+    assert "inputs" not in recorded["spec"]   # staged, not kept twice
+
+
+def literal_map(**values: int) -> bytes:
+    literals = literals_pb2.LiteralMap()
+    for name, value in values.items():
+        literals.literals[name].scalar.primitive.integer = value
+    return bytes(literals.SerializeToString())
 
 
 async def test_cancel_and_drain(

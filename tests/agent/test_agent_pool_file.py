@@ -144,3 +144,42 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
         load_pool_file(missing)
 
     assert str(raised.value) == f"{missing}: cannot read the pool file: No such file or directory"
+
+
+def with_store_prefix(value: str) -> str:
+    labels = "  labels: {site: dc1}\n"
+    return VALID.replace(labels, f"{labels}  store_prefix: {value}\n")
+
+
+def test_the_store_prefix_defaults_to_none_meaning_the_workdir_s_store(tmp_path: Path) -> None:
+    assert load_pool_file(write(tmp_path, VALID)).dataplane.store_prefix is None
+
+
+@pytest.mark.parametrize(
+    "prefix", ["s3://bucket/fleet/eu", "file:///srv/fleet-store", "/srv/fleet-store"]
+)
+def test_a_store_prefix_is_an_absolute_path_or_a_url(tmp_path: Path, prefix: str) -> None:
+    pool_file = load_pool_file(write(tmp_path, with_store_prefix(prefix)))
+
+    assert pool_file.dataplane.store_prefix == prefix
+
+
+@pytest.mark.parametrize(
+    ("prefix", "reason"),
+    [
+        ("relative/store", "must be an absolute path or a URL with a scheme (/srv/fleet-store, "
+         "file:///srv/fleet-store, s3://bucket/fleet/eu) (got 'relative/store')"),
+        ("'s3://'", "must be an absolute path or a URL with a scheme (/srv/fleet-store, "
+         "file:///srv/fleet-store, s3://bucket/fleet/eu) (got 's3://')"),
+        ("42", "must be an absolute path or a URL with a scheme (/srv/fleet-store, "
+         "file:///srv/fleet-store, s3://bucket/fleet/eu) (got 42)"),
+        ("madeup://bucket/x",
+         "fsspec knows no filesystem for the scheme 'madeup' (got 'madeup://bucket/x')"),
+    ],
+)
+def test_a_bad_store_prefix_names_line_column_and_reason(
+    tmp_path: Path, prefix: str, reason: str
+) -> None:
+    assert error_of(tmp_path, with_store_prefix(prefix)) == (
+        f"pools.yaml:6:17: dataplane.store_prefix: {reason}"
+    )

@@ -22,7 +22,11 @@ def fleet(*args: str, env: dict[str, str | None] | None = None) -> Result:
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[ControlPlaneSettings]:
     calls: list[ControlPlaneSettings] = []
-    monkeypatch.setattr(control_plane, "serve", calls.append, raising=False)
+
+    def serve(settings: ControlPlaneSettings, extra_services: object = ()) -> None:
+        calls.append(settings)
+
+    monkeypatch.setattr(control_plane, "serve", serve, raising=False)
     return calls
 
 

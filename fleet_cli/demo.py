@@ -4,12 +4,16 @@ A control plane on SQLite in a temporary folder and three agents posing as an on
 reserved H100 cluster, an on-demand cloud region and a spot cloud region, each with its
 own GPU pools and a local process launcher. A dozen jobs with different GPU needs are
 submitted; the demo shows them move, then prints where each ran and how long it took.
-Exit code 0 only if every job succeeded. Everything it started is stopped on exit.
+Then `pyflyte run examples/fleet_workflow.py training_pipeline` sends a real Flyte
+workflow's tasks to the fleet (EU-only GPU, any GPU, CPU only). Exit code 0 only if every
+job and the workflow succeeded. Everything it started is stopped on exit.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +112,10 @@ class DemoJob:
     allow_spot: bool | None = None
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+WORKFLOW_FILE = "fleet_workflow.py"
+WORKFLOW = "training_pipeline"
+
 JOBS = [
     DemoJob("pretrain-llm", 8, "H100", 4.0),
     DemoJob("finetune-chat", 4, "H100", 3.0),
@@ -141,14 +149,15 @@ def demo_command(
         bool, typer.Option("--keep", help="Keep the demo's folder (database, logs) afterwards.")
     ] = False,
 ) -> None:
-    """Run the whole fleet on this machine: a control plane, three agents, a dozen jobs."""
+    """Run the whole fleet on this machine: a control plane, three agents, a dozen jobs,
+    then a Flyte workflow whose tasks run on the fleet."""
     raise typer.Exit(run_demo(keep))
 
 
 def run_demo(keep: bool = False, console: Console | None = None) -> int:
     console = console or stdout_console()
     root = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
-    fleet = LocalFleet(root)
+    fleet = LocalFleet(root, python_path=(EXAMPLES,))
     try:
         console.print(f"[bold]flyte-fleet demo[/] in {root}")
         fleet.start_control_plane()
@@ -160,12 +169,11 @@ def run_demo(keep: bool = False, console: Console | None = None) -> int:
             jobs = _follow(fleet, client, ids, console)
             console.print(_summary(jobs, client))
         succeeded = sum(job.phase == P.JOB_PHASE_SUCCEEDED for job in jobs)
-        console.print(
-            f"{succeeded} of {len(jobs)} jobs succeeded; logs in {root}"
-            if keep
-            else f"{succeeded} of {len(jobs)} jobs succeeded"
-        )
-        return 0 if succeeded == len(jobs) else 1
+        console.print(f"{succeeded} of {len(jobs)} jobs succeeded")
+        workflow_ok = _run_workflow(fleet, console)
+        if keep:
+            console.print(f"the demo's database and logs are in {root}")
+        return 0 if succeeded == len(jobs) and workflow_ok else 1
     except KeyboardInterrupt:
         console.print("interrupted: stopping the fleet")
         return 130
@@ -177,6 +185,39 @@ def run_demo(keep: bool = False, console: Console | None = None) -> int:
         fleet.stop()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_workflow(fleet: LocalFleet, console: Console) -> bool:
+    """Run examples/fleet_workflow.py with `pyflyte run`: each task goes to the fleet."""
+    example = EXAMPLES / WORKFLOW_FILE
+    pyflyte = Path(sys.executable).parent / "pyflyte"
+    if not example.exists() or not pyflyte.exists():
+        console.print(f"skipping the Flyte workflow: needs {example} and the `flyte` extra")
+        return True
+    command = [str(pyflyte), "run", str(example), WORKFLOW]
+    console.print(f"[bold]Flyte:[/] pyflyte run examples/{WORKFLOW_FILE} {WORKFLOW}")
+    with console.status("the workflow's tasks run on the fleet"):
+        result = subprocess.run(
+            command,
+            cwd=EXAMPLES,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={
+                **os.environ,
+                "FLEET_ADDRESS": fleet.address,
+                "FLEET_PROJECT": "demo",
+                "COLUMNS": "400",
+            },
+        )
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        console.print(f"[red]the workflow failed[/] (exit code {result.returncode}):")
+        console.print(tail, markup=False)
+        return False
+    console.print("workflow result:", lines[-1] if lines else "(none)", markup=False)
+    return True
 
 
 def _wait_for_dataplanes(fleet: LocalFleet, client: FleetClient, console: Console) -> None:

@@ -45,6 +45,10 @@ class LocalFleet:
     lost_after_s: float = 15.0
     join_token: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = field(default_factory=free_port)
+    # Where the agents' job processes find task modules (Flyte tasks import their module).
+    python_path: tuple[Path, ...] = ()
+    # Serve flytekit's connector service on the control plane's port too.
+    flyte_connector: bool = False
     control_plane: subprocess.Popen[bytes] | None = None
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
@@ -56,7 +60,18 @@ class LocalFleet:
         return f"127.0.0.1:{self.port}"
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "FLEET_JOIN_TOKEN": self.join_token, "PYTHONUNBUFFERED": "1"}
+        """The fleet's processes, and the jobs they start, see this environment: this
+        interpreter's bin first (pyflyte-execute), and python_path before PYTHONPATH."""
+        python_path = [str(p) for p in self.python_path]
+        if os.environ.get("PYTHONPATH"):
+            python_path.append(os.environ["PYTHONPATH"])
+        return {
+            **os.environ,
+            "FLEET_JOIN_TOKEN": self.join_token,
+            "PYTHONUNBUFFERED": "1",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join(python_path),
+        }
 
     def _spawn(self, args: list[str], log_file: Path) -> subprocess.Popen[bytes]:
         with log_file.open("ab") as log:
@@ -86,6 +101,7 @@ class LocalFleet:
                 str(self.stale_after_s),
                 "--lost-after",
                 str(self.lost_after_s),
+                *(["--flyte-connector"] if self.flyte_connector else []),
             ],
             self.root / "control-plane.log",
         )

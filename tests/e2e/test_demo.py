@@ -56,6 +56,10 @@ def test_demo_runs_every_job_and_cleans_up(tmp_path: Path) -> None:
     for dataplane in ("onprem-dc1", "aws-us-east-1", "gcp-europe-west4-spot"):
         assert dataplane in output, f"{dataplane} ran nothing:\n{output}"
     assert "pretrain-llm" in output and "reserved" in output and "spot" in output
+    # The Flyte workflow's EU-only task ran in the EU, the others elsewhere.
+    result = next(line for line in output.splitlines() if line.startswith("workflow result:"))
+    assert "embed_in_eu@gcp-europe-west4-spot/l4" in result
+    assert "prepare_data@aws-us-east-1/cpu" in result
     folder = demo_folder(output)
     assert not Path(folder).exists(), "the demo's folder is removed"
     assert fleet_processes(folder) == []

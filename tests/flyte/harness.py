@@ -8,7 +8,6 @@ the task's image has both.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -64,14 +63,9 @@ CPU_POOL: dict[str, Any] = {
 
 @contextmanager
 def job_environment(address: str) -> Iterator[None]:
-    """FLEET_ADDRESS for the connector; PATH and PYTHONPATH for the agents' job processes."""
-    python_path = os.pathsep.join(
-        p for p in (str(REPO), str(EXAMPLES), os.environ.get("PYTHONPATH", "")) if p
-    )
+    """FLEET_ADDRESS for the connector running in this process."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLEET_ADDRESS", address)
-        patch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        patch.setenv("PYTHONPATH", python_path)
         patch.delenv("FLEET_PROJECT", raising=False)
         patch.delenv("FLEET_DOMAIN", raising=False)
         yield
@@ -92,6 +86,7 @@ def running_fleet(
         heartbeat_interval_s=HEARTBEAT_S,
         stale_after_s=stale_after_s,
         lost_after_s=lost_after_s,
+        python_path=(REPO, EXAMPLES),
     )
     with fleet, job_environment(fleet.address):
         fleet.start_control_plane()

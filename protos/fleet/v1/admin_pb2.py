@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from fleet.v1 import types_pb2 as fleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/admin.proto\x12\x08\x66leet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66leet/v1/types.proto\"\x17\n\x15ListDataplanesRequest\"A\n\x16ListDataplanesResponse\x12\'\n\ndataplanes\x18\x01 \x03(\x0b\x32\x13.fleet.v1.Dataplane\"\xdc\x02\n\tDataplane\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\x12)\n\x06health\x18\x04 \x01(\x0e\x32\x19.fleet.v1.DataplaneHealth\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x35\n\x11last_heartbeat_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x1d\n\x05pools\x18\x08 \x03(\x0b\x32\x0e.fleet.v1.Pool\x12\x17\n\x0f\x61\x63tive_attempts\x18\t \x01(\r\x12/\n\x06labels\x18\n \x03(\x0b\x32\x1f.fleet.v1.Dataplane.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x63\n\x0c\x41\x64minService\x12S\n\x0eListDataplanes\x12\x1f.fleet.v1.ListDataplanesRequest\x1a .fleet.v1.ListDataplanesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/admin.proto\x12\x08\x66leet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66leet/v1/types.proto\"\x17\n\x15ListDataplanesRequest\"A\n\x16ListDataplanesResponse\x12\'\n\ndataplanes\x18\x01 \x03(\x0b\x32\x13.fleet.v1.Dataplane\"\xdc\x02\n\tDataplane\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\x12)\n\x06health\x18\x04 \x01(\x0e\x32\x19.fleet.v1.DataplaneHealth\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x35\n\x11last_heartbeat_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x1d\n\x05pools\x18\x08 \x03(\x0b\x32\x0e.fleet.v1.Pool\x12\x17\n\x0f\x61\x63tive_attempts\x18\t \x01(\r\x12/\n\x06labels\x18\n \x03(\x0b\x32\x1f.fleet.v1.Dataplane.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\rPolicyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"m\n\x12\x41pplyPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x13\n\x0breplay_jobs\x18\x05 \x01(\r\"j\n\rRoutingChange\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x04 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x05 \x01(\t\x12\x0b\n\x03why\x18\x06 \x01(\t\"{\n\x13\x41pplyPolicyResponse\x12(\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x17.fleet.v1.PolicyVersion\x12\x10\n\x08replayed\x18\x02 \x01(\r\x12(\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x17.fleet.v1.RoutingChange\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1b\n\x19ListPolicyVersionsRequest\"X\n\x1aListPolicyVersionsResponse\x12)\n\x08versions\x18\x01 \x03(\x0b\x32\x17.fleet.v1.PolicyVersion\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x04\"8\n\x15RollbackPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"#\n\x11\x45xplainJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x17\x45xplainPlacementRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.fleet.v1.JobSpec\"\x96\x01\n\x14\x43\x61ndidateExplanation\x12\x11\n\tdataplane\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12-\n\rpurchase_type\x18\x04 \x01(\x0e\x32\x16.fleet.v1.PurchaseType\x12\x0e\n\x06\x63hosen\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x9a\x01\n\x0b\x45xplanation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x04\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x32\n\ncandidates\x18\x06 \x03(\x0b\x32\x1e.fleet.v1.CandidateExplanation2c\n\x0c\x41\x64minService\x12S\n\x0eListDataplanes\x12\x1f.fleet.v1.ListDataplanesRequest\x1a .fleet.v1.ListDataplanesResponse2\xda\x03\n\rPolicyService\x12J\n\x0b\x41pplyPolicy\x12\x1c.fleet.v1.ApplyPolicyRequest\x1a\x1d.fleet.v1.ApplyPolicyResponse\x12@\n\tGetPolicy\x12\x1a.fleet.v1.GetPolicyRequest\x1a\x17.fleet.v1.PolicyVersion\x12_\n\x12ListPolicyVersions\x12#.fleet.v1.ListPolicyVersionsRequest\x1a$.fleet.v1.ListPolicyVersionsResponse\x12J\n\x0eRollbackPolicy\x12\x1f.fleet.v1.RollbackPolicyRequest\x1a\x17.fleet.v1.PolicyVersion\x12@\n\nExplainJob\x12\x1b.fleet.v1.ExplainJobRequest\x1a\x15.fleet.v1.Explanation\x12L\n\x10\x45xplainPlacement\x12!.fleet.v1.ExplainPlacementRequest\x1a\x15.fleet.v1.Explanationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATAPLANE']._serialized_end=530
   _globals['_DATAPLANE_LABELSENTRY']._serialized_start=485
   _globals['_DATAPLANE_LABELSENTRY']._serialized_end=530
-  _globals['_ADMINSERVICE']._serialized_start=532
-  _globals['_ADMINSERVICE']._serialized_end=631
+  _globals['_POLICYVERSION']._serialized_start=533
+  _globals['_POLICYVERSION']._serialized_end=664
+  _globals['_APPLYPOLICYREQUEST']._serialized_start=666
+  _globals['_APPLYPOLICYREQUEST']._serialized_end=775
+  _globals['_ROUTINGCHANGE']._serialized_start=777
+  _globals['_ROUTINGCHANGE']._serialized_end=883
+  _globals['_APPLYPOLICYRESPONSE']._serialized_start=885
+  _globals['_APPLYPOLICYRESPONSE']._serialized_end=1008
+  _globals['_GETPOLICYREQUEST']._serialized_start=1010
+  _globals['_GETPOLICYREQUEST']._serialized_end=1045
+  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_start=1047
+  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_end=1074
+  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_start=1076
+  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_end=1164
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1166
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1222
+  _globals['_EXPLAINJOBREQUEST']._serialized_start=1224
+  _globals['_EXPLAINJOBREQUEST']._serialized_end=1259
+  _globals['_EXPLAINPLACEMENTREQUEST']._serialized_start=1261
+  _globals['_EXPLAINPLACEMENTREQUEST']._serialized_end=1319
+  _globals['_CANDIDATEEXPLANATION']._serialized_start=1322
+  _globals['_CANDIDATEEXPLANATION']._serialized_end=1472
+  _globals['_EXPLANATION']._serialized_start=1475
+  _globals['_EXPLANATION']._serialized_end=1629
+  _globals['_ADMINSERVICE']._serialized_start=1631
+  _globals['_ADMINSERVICE']._serialized_end=1730
+  _globals['_POLICYSERVICE']._serialized_start=1733
+  _globals['_POLICYSERVICE']._serialized_end=2207
 # @@protoc_insertion_point(module_scope)

@@ -95,3 +95,300 @@ class AdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PolicyServiceStub:
+    """The routing policy: a YAML document admins keep in git. Every apply makes a new version;
+    rollback applies an old version's document again (as a new version).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyPolicy = channel.unary_unary(
+                '/fleet.v1.PolicyService/ApplyPolicy',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.ApplyPolicyRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.ApplyPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/fleet.v1.PolicyService/GetPolicy',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.PolicyVersion.FromString,
+                _registered_method=True)
+        self.ListPolicyVersions = channel.unary_unary(
+                '/fleet.v1.PolicyService/ListPolicyVersions',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.ListPolicyVersionsRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.ListPolicyVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/fleet.v1.PolicyService/RollbackPolicy',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.RollbackPolicyRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.PolicyVersion.FromString,
+                _registered_method=True)
+        self.ExplainJob = channel.unary_unary(
+                '/fleet.v1.PolicyService/ExplainJob',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.ExplainJobRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.Explanation.FromString,
+                _registered_method=True)
+        self.ExplainPlacement = channel.unary_unary(
+                '/fleet.v1.PolicyService/ExplainPlacement',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.ExplainPlacementRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.Explanation.FromString,
+                _registered_method=True)
+
+
+class PolicyServiceServicer:
+    """The routing policy: a YAML document admins keep in git. Every apply makes a new version;
+    rollback applies an old version's document again (as a new version).
+    """
+
+    def ApplyPolicy(self, request, context):
+        """Validates the document (errors name line:column, field path and reason, as
+        INVALID_ARGUMENT) and applies it; with dry_run, only reports how recent jobs would route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainJob(self, request, context):
+        """Why a job went where it went, or why it waits: every pool, chosen or excluded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainPlacement(self, request, context):
+        """The same for a job that does not exist (what-if), under the current policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PolicyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPolicy,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.ApplyPolicyRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.ApplyPolicyResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.GetPolicyRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.PolicyVersion.SerializeToString,
+            ),
+            'ListPolicyVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyVersions,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.ListPolicyVersionsRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.ListPolicyVersionsResponse.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.RollbackPolicyRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.PolicyVersion.SerializeToString,
+            ),
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.ExplainJobRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.Explanation.SerializeToString,
+            ),
+            'ExplainPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainPlacement,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.ExplainPlacementRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.Explanation.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fleet.v1.PolicyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fleet.v1.PolicyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PolicyService:
+    """The routing policy: a YAML document admins keep in git. Every apply makes a new version;
+    rollback applies an old version's document again (as a new version).
+    """
+
+    @staticmethod
+    def ApplyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.PolicyService/ApplyPolicy',
+            fleet_dot_v1_dot_admin__pb2.ApplyPolicyRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.ApplyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.PolicyService/GetPolicy',
+            fleet_dot_v1_dot_admin__pb2.GetPolicyRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.PolicyVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.PolicyService/ListPolicyVersions',
+            fleet_dot_v1_dot_admin__pb2.ListPolicyVersionsRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.ListPolicyVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.PolicyService/RollbackPolicy',
+            fleet_dot_v1_dot_admin__pb2.RollbackPolicyRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.PolicyVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.PolicyService/ExplainJob',
+            fleet_dot_v1_dot_admin__pb2.ExplainJobRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.PolicyService/ExplainPlacement',
+            fleet_dot_v1_dot_admin__pb2.ExplainPlacementRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

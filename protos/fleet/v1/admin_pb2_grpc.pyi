@@ -47,3 +47,97 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ListDataplanesResponse, _abc.Awaitable[_admin_pb2.ListDataplanesResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PolicyServiceStub:
+    """The routing policy: a YAML document admins keep in git. Every apply makes a new version;
+    rollback applies an old version's document again (as a new version).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PolicyServiceAsyncStub: ...
+    ApplyPolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApplyPolicyRequest, _admin_pb2.ApplyPolicyResponse]
+    """Validates the document (errors name line:column, field path and reason, as
+    INVALID_ARGUMENT) and applies it; with dry_run, only reports how recent jobs would route.
+    """
+    GetPolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPolicyRequest, _admin_pb2.PolicyVersion]
+    ListPolicyVersions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPolicyVersionsRequest, _admin_pb2.ListPolicyVersionsResponse]
+    RollbackPolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackPolicyRequest, _admin_pb2.PolicyVersion]
+    ExplainJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExplainJobRequest, _admin_pb2.Explanation]
+    """Why a job went where it went, or why it waits: every pool, chosen or excluded."""
+    ExplainPlacement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExplainPlacementRequest, _admin_pb2.Explanation]
+    """The same for a job that does not exist (what-if), under the current policy."""
+
+@_typing.type_check_only
+class PolicyServiceAsyncStub(PolicyServiceStub):
+    """The routing policy: a YAML document admins keep in git. Every apply makes a new version;
+    rollback applies an old version's document again (as a new version).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ApplyPolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApplyPolicyRequest, _admin_pb2.ApplyPolicyResponse]  # type: ignore[assignment]
+    """Validates the document (errors name line:column, field path and reason, as
+    INVALID_ARGUMENT) and applies it; with dry_run, only reports how recent jobs would route.
+    """
+    GetPolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPolicyRequest, _admin_pb2.PolicyVersion]  # type: ignore[assignment]
+    ListPolicyVersions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPolicyVersionsRequest, _admin_pb2.ListPolicyVersionsResponse]  # type: ignore[assignment]
+    RollbackPolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackPolicyRequest, _admin_pb2.PolicyVersion]  # type: ignore[assignment]
+    ExplainJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExplainJobRequest, _admin_pb2.Explanation]  # type: ignore[assignment]
+    """Why a job went where it went, or why it waits: every pool, chosen or excluded."""
+    ExplainPlacement: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExplainPlacementRequest, _admin_pb2.Explanation]  # type: ignore[assignment]
+    """The same for a job that does not exist (what-if), under the current policy."""
+
+class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The routing policy: a YAML document admins keep in git. Every apply makes a new version;
+    rollback applies an old version's document again (as a new version).
+    """
+
+    @_abc_1.abstractmethod
+    def ApplyPolicy(
+        self,
+        request: _admin_pb2.ApplyPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApplyPolicyResponse, _abc.Awaitable[_admin_pb2.ApplyPolicyResponse]]:
+        """Validates the document (errors name line:column, field path and reason, as
+        INVALID_ARGUMENT) and applies it; with dry_run, only reports how recent jobs would route.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPolicy(
+        self,
+        request: _admin_pb2.GetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PolicyVersion, _abc.Awaitable[_admin_pb2.PolicyVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPolicyVersions(
+        self,
+        request: _admin_pb2.ListPolicyVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPolicyVersionsResponse, _abc.Awaitable[_admin_pb2.ListPolicyVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RollbackPolicy(
+        self,
+        request: _admin_pb2.RollbackPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PolicyVersion, _abc.Awaitable[_admin_pb2.PolicyVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def ExplainJob(
+        self,
+        request: _admin_pb2.ExplainJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Explanation, _abc.Awaitable[_admin_pb2.Explanation]]:
+        """Why a job went where it went, or why it waits: every pool, chosen or excluded."""
+
+    @_abc_1.abstractmethod
+    def ExplainPlacement(
+        self,
+        request: _admin_pb2.ExplainPlacementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Explanation, _abc.Awaitable[_admin_pb2.Explanation]]:
+        """The same for a job that does not exist (what-if), under the current policy."""
+
+def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

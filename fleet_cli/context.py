@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -13,7 +13,7 @@ import typer
 from google.protobuf.message import Message
 from rich.console import Console, RenderableType
 
-from fleet_cli import render
+from fleet_cli import parse, render
 from fleet_client import FleetClient
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -42,6 +42,16 @@ def option_parser(parse: Callable[[str], ParsedT]) -> Callable[[str], ParsedT]:
             raise typer.BadParameter(str(error)) from None
 
     return parse_option
+
+
+def parsed_pairs(
+    items: Iterable[str], parser: Callable[[str], tuple[str, str]], option: str
+) -> dict[str, str]:
+    """Repeated KEY=VALUE options as a dict; a bad item is a usage error naming the option."""
+    try:
+        return parse.to_mapping(parser(item) for item in items)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None
 
 
 def global_options(ctx: typer.Context) -> GlobalOptions:

@@ -1,9 +1,8 @@
-"""`fleet jobs ...`: submit, get, list, cancel, watch and read the logs of jobs."""
+"""`fleet jobs ...`: submit, get, list, cancel, watch, explain and read the logs of jobs."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Annotated
 
@@ -19,23 +18,29 @@ from fleet_cli.context import (
     global_options,
     open_client,
     option_parser,
+    parsed_pairs,
     stderr_console,
+)
+from fleet_cli.job_options import (
+    DEFAULT_DOMAIN,
+    UINT32_MAX,
+    AllowSpotOption,
+    DomainOption,
+    GpuModelOption,
+    GpusOption,
+    LabelOption,
+    MinGpuMemoryOption,
+    NameOption,
+    OriginRegionOption,
+    PinOption,
+    ProjectOption,
+    job_spec,
 )
 from fleet_client import FleetClient, FleetError
 
 app = typer.Typer(help="Submit and follow jobs.", no_args_is_help=True)
 
-UINT32_MAX = 2**32 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-def _parsed_pairs(
-    items: Sequence[str], parser: Callable[[str], tuple[str, str]], option: str
-) -> dict[str, str]:
-    try:
-        return parse.to_mapping(parser(item) for item in items)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -49,14 +54,12 @@ def submit(
             show_default=False,
         ),
     ],
-    project: Annotated[str, typer.Option(help="Project the job belongs to.")],
-    domain: Annotated[str, typer.Option(help="Domain within the project.")] = "development",
-    name: Annotated[str, typer.Option(help="A name for people.")] = "",
-    gpus: Annotated[int, typer.Option(min=0, max=UINT32_MAX, help="GPUs needed.")] = 0,
-    gpu_model: Annotated[str, typer.Option(help="GPU model, e.g. H100 (any if unset).")] = "",
-    min_gpu_memory: Annotated[
-        int, typer.Option(min=0, max=UINT32_MAX, metavar="GB", help="Memory per GPU, GB.")
-    ] = 0,
+    project: ProjectOption,
+    domain: DomainOption = DEFAULT_DOMAIN,
+    name: NameOption = "",
+    gpus: GpusOption = 0,
+    gpu_model: GpuModelOption = "",
+    min_gpu_memory: MinGpuMemoryOption = 0,
     cpu: Annotated[
         int, typer.Option(min=0, max=UINT32_MAX, metavar="MILLIS", help="CPU in millicores.")
     ] = 0,
@@ -66,22 +69,13 @@ def submit(
             parser=option_parser(parse.parse_quantity), metavar="BYTES", help="e.g. 16Gi or bytes."
         ),
     ] = None,
-    label: Annotated[
-        list[str] | None, typer.Option(metavar="KEY=VALUE", help="Task label (repeatable).")
-    ] = None,
+    label: LabelOption = None,
     env: Annotated[
         list[str] | None, typer.Option(metavar="NAME=VALUE", help="Environment (repeatable).")
     ] = None,
-    origin_region: Annotated[str, typer.Option(help="Where the job's data lives.")] = "",
-    allow_spot: Annotated[
-        bool | None,
-        typer.Option(
-            "--allow-spot/--no-spot",
-            help="Allow or forbid spot capacity (default: the routing policy decides).",
-            show_default=False,
-        ),
-    ] = None,
-    pin: Annotated[str, typer.Option(metavar="DATAPLANE", help="Run only there.")] = "",
+    origin_region: OriginRegionOption = "",
+    allow_spot: AllowSpotOption = None,
+    pin: PinOption = "",
     priority: Annotated[int, typer.Option(min=INT32_MIN, max=INT32_MAX)] = 0,
     timeout: Annotated[
         timedelta | None,
@@ -109,27 +103,26 @@ def submit(
     ] = False,
 ) -> None:
     """Submit a job: fleet jobs submit --project P --gpus 1 -- python train.py"""
-    spec = types_pb2.JobSpec(
+    spec = job_spec(
         project=project,
         domain=domain,
         name=name,
-        image=image,
-        command=command,
-        env=_parsed_pairs(env or [], parse.parse_env_var, "--env"),
-        labels=_parsed_pairs(label or [], parse.parse_key_value, "--label"),
-        resources=types_pb2.Resources(
-            gpus=gpus,
-            gpu_model=gpu_model,
-            min_gpu_memory_gb=min_gpu_memory,
-            cpu_millis=cpu,
-            memory_bytes=memory or 0,
-        ),
-        routing=types_pb2.RoutingHints(
-            origin_region=origin_region, allow_spot=allow_spot, pin_dataplane=pin
-        ),
-        priority=priority,
-        retry_budget=retries,
+        labels=label or [],
+        gpus=gpus,
+        gpu_model=gpu_model,
+        min_gpu_memory=min_gpu_memory,
+        origin_region=origin_region,
+        allow_spot=allow_spot,
+        pin=pin,
     )
+    spec.image = image
+    spec.command.extend(command)
+    spec.env.update(parsed_pairs(env or [], parse.parse_env_var, "--env"))
+    spec.resources.cpu_millis = cpu
+    spec.resources.memory_bytes = memory or 0
+    spec.priority = priority
+    if retries is not None:
+        spec.retry_budget = retries
     if timeout is not None:
         spec.timeout.FromTimedelta(timeout)
     with open_client(ctx) as client:
@@ -186,6 +179,14 @@ def get(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")
     with open_client(ctx) as client:
         job = client.get(job_id)
     emit(ctx, job, lambda now: render.job_detail(job, now))
+
+
+@app.command()
+def explain(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JOB")]) -> None:
+    """Why the job went where it went, or why it waits: every pool, chosen or excluded."""
+    with open_client(ctx) as client:
+        explanation = client.explain_job(job_id)
+    emit(ctx, explanation, lambda now: render.explanation(explanation))
 
 
 @app.command("list")

@@ -2,8 +2,9 @@
 
     fleet control-plane ...      run the control plane
     fleet agent ...              run a dataplane agent
-    fleet jobs submit|get|list|cancel|watch|logs
+    fleet jobs submit|get|list|cancel|watch|logs|explain
     fleet dataplanes list
+    fleet policy apply|history|show|rollback|explain
 
 Exit codes:
     0    ok
@@ -25,7 +26,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from fleet_cli import dataplanes, jobs, roles
+from fleet_cli import dataplanes, jobs, policy, roles
 from fleet_cli.context import DEFAULT_ADDRESS, GlobalOptions, OutputFormat, global_options
 from fleet_cli.demo import demo_command
 from fleet_client import (
@@ -114,6 +115,7 @@ def _register_commands(root: typer.Typer) -> None:
     root.command("agent")(roles.agent)
     root.add_typer(jobs.app, name="jobs")
     root.add_typer(dataplanes.app, name="dataplanes")
+    root.add_typer(policy.app, name="policy")
     root.command("demo")(demo_command)
 
 

@@ -168,11 +168,18 @@ def _cells(*values: str) -> list[Text]:
     return [Text(value) for value in values]
 
 
-def job_detail(job: types_pb2.Job, now: datetime) -> RenderableType:
-    spec = job.spec
+def _fields(rows: Sequence[tuple[str, str]]) -> Table:
+    """Label/value pairs, one a line, without borders."""
     fields = Table(show_header=False, box=None, pad_edge=False)
     fields.add_column(style="bold")
     fields.add_column(overflow="fold")
+    for label, value in rows:
+        fields.add_row(*_cells(label, value))
+    return fields
+
+
+def job_detail(job: types_pb2.Job, now: datetime) -> RenderableType:
+    spec = job.spec
     rows = [
         ("id", job.id),
         ("name", spec.name or NONE),
@@ -192,8 +199,7 @@ def job_detail(job: types_pb2.Job, now: datetime) -> RenderableType:
     ]
     if job.client_key:
         rows.insert(1, ("client key", job.client_key))
-    for label, value in rows:
-        fields.add_row(*_cells(label, value))
+    fields = _fields(rows)
     if not job.attempts:
         return fields
     return Group(fields, Text(""), attempts_table(job.attempts, now))
@@ -263,6 +269,99 @@ def dataplanes_table(dataplanes: Sequence[admin_pb2.Dataplane], now: datetime) -
             )
         )
     return table
+
+
+# -- routing policy -------------------------------------------------------------------------
+
+CHOSEN = "✓ chosen"
+EXCLUDED = "✗ excluded"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def policy_version_text(version: int) -> str:
+    return f"{version} (built-in default)" if version == 0 else str(version)
+
+
+def policy_versions_table(
+    versions: Sequence[admin_pb2.PolicyVersion], current: int
+) -> RenderableType:
+    """Newest first as given; '*' marks the version in force."""
+    if not versions:
+        return Text("no policy applied yet: the built-in default is in force")
+    table = Table()
+    for column in ("current", "version", "created", "author"):
+        table.add_column(column)
+    table.add_column("comment", overflow="fold")
+    for version in versions:
+        table.add_row(
+            *_cells(
+                "*" if version.version == current else "",
+                policy_version_text(version.version),
+                timestamp_text(version.created_at),
+                version.author or NONE,
+                version.comment or NONE,
+            )
+        )
+    return table
+
+
+def dry_run_report(response: admin_pb2.ApplyPolicyResponse) -> RenderableType:
+    """How many jobs were replayed, and each one that would route differently."""
+    replayed = f"replayed {_count(response.replayed, 'recent job')}"
+    if not response.changes:
+        return Text(f"{replayed}; no job would route differently")
+    table = Table()
+    for column in ("job", "project", "name", "before", "after"):
+        table.add_column(column)
+    table.add_column("why", overflow="fold")
+    for change in response.changes:
+        table.add_row(
+            *_cells(
+                change.job_id,
+                change.project,
+                change.name or NONE,
+                change.before or NONE,
+                change.after or NONE,
+                change.why or NONE,
+            )
+        )
+    summary = f"{replayed}; {_count(len(response.changes), 'job')} would route differently:"
+    return Group(Text(summary), table)
+
+
+def explanation(explanation: admin_pb2.Explanation) -> RenderableType:
+    """The decision in a few lines, then every candidate pool: the chosen one first."""
+    rows = [
+        ("summary", explanation.summary or NONE),
+        ("rule", explanation.rule or NONE),
+        ("priority", str(explanation.priority)),
+        ("policy version", policy_version_text(explanation.policy_version)),
+    ]
+    if explanation.job_id:
+        rows.insert(0, ("job", explanation.job_id))
+    fields = _fields(rows)
+    if not explanation.candidates:
+        return Group(fields, Text(""), Text("no candidate pools: no dataplane reports any"))
+    table = Table()
+    for column in ("dataplane", "pool", "region", "tier", "decision"):
+        table.add_column(column)
+    table.add_column("reason", overflow="fold")
+    # sorted() is stable: the excluded keep the server's order (and grouping).
+    for candidate in sorted(explanation.candidates, key=lambda c: not c.chosen):
+        table.add_row(
+            *_cells(
+                candidate.dataplane,
+                candidate.pool or NONE,
+                candidate.region or NONE,
+                purchase_word(candidate.purchase_type) if candidate.purchase_type else NONE,
+                CHOSEN if candidate.chosen else EXCLUDED,
+                candidate.reason or NONE,
+            )
+        )
+    return Group(fields, Text(""), table)
 
 
 # -- JSON -----------------------------------------------------------------------------------

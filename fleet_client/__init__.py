@@ -1,4 +1,4 @@
-"""The typed client of a flyte-fleet control plane (JobService and AdminService).
+"""The typed client of a flyte-fleet control plane (JobService, AdminService, PolicyService).
 
     with FleetClient("127.0.0.1:50051") as fleet:
         job = fleet.submit(spec, client_key="...").job

@@ -1,4 +1,4 @@
-"""A synchronous, typed client of the control plane's JobService and AdminService."""
+"""A synchronous, typed client of the control plane's JobService, AdminService and PolicyService."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ class FleetClient:
         self._metadata = _call_metadata()
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._policy = admin_pb2_grpc.PolicyServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -240,6 +241,56 @@ class FleetClient:
     def list_dataplanes(self) -> list[admin_pb2.Dataplane]:
         response = self._unary(self._admin.ListDataplanes, admin_pb2.ListDataplanesRequest())
         return list(response.dataplanes)
+
+    # -- PolicyService ---------------------------------------------------------------------
+
+    def apply_policy(
+        self,
+        document: str,
+        *,
+        author: str = "",
+        comment: str = "",
+        dry_run: bool = False,
+        replay_jobs: int = 0,
+    ) -> admin_pb2.ApplyPolicyResponse:
+        """Validate the YAML document and make it a new version (``applied``).
+
+        With dry_run nothing is applied: ``changes`` says how the last replay_jobs jobs
+        (0: the server's default, 200) would have routed differently. A document that does
+        not validate raises InvalidArgument whose message has one problem per line.
+        """
+        request = admin_pb2.ApplyPolicyRequest(
+            document=document,
+            author=author,
+            comment=comment,
+            dry_run=dry_run,
+            replay_jobs=replay_jobs,
+        )
+        return self._unary(self._policy.ApplyPolicy, request)
+
+    def get_policy(self, version: int = 0) -> admin_pb2.PolicyVersion:
+        """One version with its document; 0 is the current one."""
+        return self._unary(self._policy.GetPolicy, admin_pb2.GetPolicyRequest(version=version))
+
+    def list_policy_versions(self) -> admin_pb2.ListPolicyVersionsResponse:
+        """Every version, newest first, without documents; ``current`` is the one in force."""
+        request = admin_pb2.ListPolicyVersionsRequest()
+        return self._unary(self._policy.ListPolicyVersions, request)
+
+    def rollback_policy(self, version: int, author: str = "") -> admin_pb2.PolicyVersion:
+        """Apply an old version's document again; returns the new version that holds it."""
+        request = admin_pb2.RollbackPolicyRequest(version=version, author=author)
+        return self._unary(self._policy.RollbackPolicy, request)
+
+    def explain_job(self, job_id: str) -> admin_pb2.Explanation:
+        """Why the job went where it went, or why it waits: every candidate pool."""
+        request = admin_pb2.ExplainJobRequest(job_id=job_id)
+        return self._unary(self._policy.ExplainJob, request)
+
+    def explain_placement(self, spec: types_pb2.JobSpec) -> admin_pb2.Explanation:
+        """Where a job with this spec would go under the current policy (nothing is submitted)."""
+        request = admin_pb2.ExplainPlacementRequest(spec=spec)
+        return self._unary(self._policy.ExplainPlacement, request)
 
 
 def _remaining(deadline: float | None) -> float | None:

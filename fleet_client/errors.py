@@ -3,7 +3,7 @@
     FleetError(message, code)     base; ``message`` is the server's status details, verbatim
     ├── InvalidArgument           the request is malformed (the message names the field)
     ├── FailedPrecondition        the request is well formed but not allowed in this state
-    ├── NotFound                  no such job, attempt or dataplane
+    ├── NotFound                  no such job, attempt, dataplane or policy version
     ├── AlreadyExists
     ├── Unauthenticated           missing or bad credentials
     ├── PermissionDenied

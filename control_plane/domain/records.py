@@ -105,6 +105,15 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class PolicyVersionRecord:
+    version: int
+    author: str
+    comment: str
+    document: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A validated submit, ready to be stored."""
 

@@ -2,12 +2,14 @@
 
 `Database` owns the engine and migrations; each store groups the queries of one caller:
 `JobStore` (the job API), `SchedulingStore` (the scheduler), `DataplaneStore` (agents and
-admin). Stores take and return plain records from `control_plane.domain.records`.
+admin), `PolicyStore` (routing policy versions). Stores take and return plain records
+from `control_plane.domain.records`.
 """
 
 from control_plane.registry.database import Database, DatabaseUrlError, redact
 from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome
 from control_plane.registry.jobs import JobStore
+from control_plane.registry.policies import PolicyStore
 from control_plane.registry.scheduling import PlacementOrder, QueuedJob, SchedulingStore
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "DataplaneStore",
     "JobStore",
     "PlacementOrder",
+    "PolicyStore",
     "QueuedJob",
     "ReportOutcome",
     "SchedulingStore",

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.placement import JobDemand, PoolKey
 from control_plane.domain.records import AttemptRecord
+from control_plane.domain.usage import AttemptSpan, day_start
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
 from control_plane.registry.rows import add_event, attempt_record
@@ -64,6 +65,32 @@ class SchedulingStore:
                 )
                 for row in await session.scalars(query)
             ]
+
+    async def attempt_spans(self, now: datetime) -> list[AttemptSpan]:
+        """Attempts that hold GPUs now or ran today, with their job's project (for quotas)."""
+        query = (
+            sa.select(
+                JobRow.project,
+                AttemptRow.gpus,
+                AttemptRow.phase,
+                AttemptRow.started_at,
+                AttemptRow.finished_at,
+            )
+            .join(JobRow, JobRow.id == AttemptRow.job_id)
+            .where(
+                AttemptRow.gpus > 0,
+                sa.or_(
+                    AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
+                    AttemptRow.finished_at >= day_start(now),
+                ),
+            )
+        )
+        async with self._db.read() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            AttemptSpan(project, gpus, phase in LIVE_ATTEMPT_PHASES, started, finished)
+            for project, gpus, phase, started, finished in rows
+        ]
 
     async def capacity(self) -> tuple[dict[PoolKey, int], dict[PoolKey, int]]:
         """Each pool's reported free GPUs and its holds, read in ONE statement (one snapshot).

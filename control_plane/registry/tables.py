@@ -144,6 +144,18 @@ class AttemptRow(Base):
     finished_at: Mapped[datetime | None]
 
 
+class PolicyVersionRow(Base):
+    """Every applied routing policy; the highest version is the one in force."""
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    author: Mapped[str] = mapped_column(String(256))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    document: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class JobEventRow(Base):
     __tablename__ = "job_events"
     __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)

@@ -19,6 +19,7 @@ def fake_fleet() -> Iterator[FakeFleet]:
     server = grpc.server(ThreadPoolExecutor(max_workers=8))
     jobs_pb2_grpc.add_JobServiceServicer_to_server(fake, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(fake, server)
+    admin_pb2_grpc.add_PolicyServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     fake.address = f"127.0.0.1:{port}"

@@ -1,8 +1,9 @@
-"""A fake control plane (JobService + AdminService) on a real gRPC server on 127.0.0.1.
+"""A fake control plane (JobService, AdminService, PolicyService) on a real gRPC server.
 
 It records what the client sent and plays back what a test scripted: the events of each
 submitted job (the job's phase follows the events Watch has sent), status codes to fail
-with, log chunks and dataplanes.
+with, log chunks, dataplanes, a dry run's changes and an explanation. Policy versions are
+kept like the real server keeps them: every apply and rollback adds one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ class Failure:
 
 
 @dataclass
-class FakeFleet(jobs_pb2_grpc.JobServiceServicer, admin_pb2_grpc.AdminServiceServicer):
+class FakeFleet(
+    jobs_pb2_grpc.JobServiceServicer,
+    admin_pb2_grpc.AdminServiceServicer,
+    admin_pb2_grpc.PolicyServiceServicer,
+):
     address: str = ""
     # What the client sent.
     submits: list[jobs_pb2.SubmitRequest] = field(default_factory=list)
@@ -49,6 +54,17 @@ class FakeFleet(jobs_pb2_grpc.JobServiceServicer, admin_pb2_grpc.AdminServiceSer
     max_page_size: int = 1000
     log_chunks: list[types_pb2.LogChunk] = field(default_factory=list)
     dataplanes: list[admin_pb2.Dataplane] = field(default_factory=list)
+    # PolicyService: what the client sent ...
+    applies: list[admin_pb2.ApplyPolicyRequest] = field(default_factory=list)
+    policy_gets: list[admin_pb2.GetPolicyRequest] = field(default_factory=list)
+    rollbacks: list[admin_pb2.RollbackPolicyRequest] = field(default_factory=list)
+    explain_jobs: list[admin_pb2.ExplainJobRequest] = field(default_factory=list)
+    explain_placements: list[admin_pb2.ExplainPlacementRequest] = field(default_factory=list)
+    # ... and what it plays back. Versions oldest first; the last one is in force.
+    policy_versions: list[admin_pb2.PolicyVersion] = field(default_factory=list)
+    dry_run_replayed: int = 0
+    dry_run_changes: list[admin_pb2.RoutingChange] = field(default_factory=list)
+    explanation: admin_pb2.Explanation = field(default_factory=admin_pb2.Explanation)
 
     def _fail_if_scripted(self, rpc: str, context: grpc.ServicerContext) -> None:
         failure = self.failures.get(rpc)
@@ -158,3 +174,76 @@ class FakeFleet(jobs_pb2_grpc.JobServiceServicer, admin_pb2_grpc.AdminServiceSer
     def ListDataplanes(self, request, context):  # type: ignore[no-untyped-def]
         self._fail_if_scripted("ListDataplanes", context)
         return admin_pb2.ListDataplanesResponse(dataplanes=self.dataplanes)
+
+    # -- PolicyService --
+
+    def add_policy_version(
+        self, document: str, author: str = "", comment: str = ""
+    ) -> admin_pb2.PolicyVersion:
+        number = len(self.policy_versions) + 1
+        version = admin_pb2.PolicyVersion(
+            version=number,
+            author=author,
+            comment=comment,
+            document=document,
+            created_at=Timestamp(seconds=CREATED_AT.seconds + 3600 * number),
+        )
+        self.policy_versions.append(version)
+        return version
+
+    def _policy_version(
+        self, number: int, context: grpc.ServicerContext
+    ) -> admin_pb2.PolicyVersion:
+        if number == 0 and self.policy_versions:
+            return self.policy_versions[-1]
+        for version in self.policy_versions:
+            if version.version == number:
+                return version
+        context.abort(grpc.StatusCode.NOT_FOUND, f"policy version {number} not found")
+
+    def ApplyPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        self._fail_if_scripted("ApplyPolicy", context)
+        self.applies.append(request)
+        if request.dry_run:
+            return admin_pb2.ApplyPolicyResponse(
+                replayed=self.dry_run_replayed, changes=self.dry_run_changes
+            )
+        applied = self.add_policy_version(request.document, request.author, request.comment)
+        return admin_pb2.ApplyPolicyResponse(applied=applied)
+
+    def GetPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        self._fail_if_scripted("GetPolicy", context)
+        self.policy_gets.append(request)
+        return self._policy_version(request.version, context)
+
+    def ListPolicyVersions(self, request, context):  # type: ignore[no-untyped-def]
+        self._fail_if_scripted("ListPolicyVersions", context)
+        versions = []
+        for version in reversed(self.policy_versions):
+            listed = admin_pb2.PolicyVersion()
+            listed.CopyFrom(version)
+            listed.ClearField("document")
+            versions.append(listed)
+        current = self.policy_versions[-1].version if self.policy_versions else 0
+        return admin_pb2.ListPolicyVersionsResponse(versions=versions, current=current)
+
+    def RollbackPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        self._fail_if_scripted("RollbackPolicy", context)
+        self.rollbacks.append(request)
+        old = self._policy_version(request.version, context)
+        comment = f"rollback to version {request.version}"
+        return self.add_policy_version(old.document, request.author, comment)
+
+    def ExplainJob(self, request, context):  # type: ignore[no-untyped-def]
+        self._fail_if_scripted("ExplainJob", context)
+        self.explain_jobs.append(request)
+        self._job(request.job_id, context)
+        explanation = admin_pb2.Explanation()
+        explanation.CopyFrom(self.explanation)
+        explanation.job_id = request.job_id
+        return explanation
+
+    def ExplainPlacement(self, request, context):  # type: ignore[no-untyped-def]
+        self._fail_if_scripted("ExplainPlacement", context)
+        self.explain_placements.append(request)
+        return self.explanation

@@ -6,7 +6,7 @@ import threading
 
 import grpc
 import pytest
-from fleet.v1 import types_pb2
+from fleet.v1 import admin_pb2, types_pb2
 
 import fleet_client
 from fleet_client import FleetClient
@@ -181,3 +181,42 @@ def test_cancel_sends_the_reason(fake_fleet: FakeFleet) -> None:
         job = client.cancel("job-1", reason="wrong data")
     assert job.phase == types_pb2.JOB_PHASE_CANCELLED
     assert fake_fleet.cancels[0].reason == "wrong data"
+
+
+# -- PolicyService -------------------------------------------------------------------------
+
+
+def test_policy_calls_send_their_arguments_and_return_the_servers_answer(
+    fake_fleet: FakeFleet,
+) -> None:
+    fake_fleet.add_job(types_pb2.Job(id="job-1"))
+    fake_fleet.explanation = admin_pb2.Explanation(rule="default", policy_version=2)
+    with FleetClient(fake_fleet.address) as client:
+        applied = client.apply_policy("rules: []\n", author="a@h", comment="first").applied
+        dry = client.apply_policy("rules: [x]\n", dry_run=True, replay_jobs=10)
+        current = client.get_policy()
+        history = client.list_policy_versions()
+        rolled = client.rollback_policy(1, author="b@h")
+        explained_job = client.explain_job("job-1")
+        explained_spec = client.explain_placement(spec())
+    sent = [(r.document, r.author, r.comment, r.dry_run, r.replay_jobs) for r in fake_fleet.applies]
+    assert sent == [("rules: []\n", "a@h", "first", False, 0), ("rules: [x]\n", "", "", True, 10)]
+    assert applied.version == 1 and not dry.HasField("applied")
+    assert current.document == "rules: []\n"
+    assert history.current == 1 and [v.version for v in history.versions] == [1]
+    assert (fake_fleet.rollbacks[0].version, fake_fleet.rollbacks[0].author) == (1, "b@h")
+    assert rolled.version == 2 and rolled.document == "rules: []\n"
+    assert explained_job.job_id == "job-1" and explained_job.rule == "default"
+    assert fake_fleet.explain_placements[0].spec == spec()
+    assert explained_spec.policy_version == 2
+
+
+def test_an_invalid_policy_keeps_every_line_of_the_servers_message(fake_fleet: FakeFleet) -> None:
+    problems = "policy.yaml:3:5: rules[0].match: unknown key 'projct'\npolicy.yaml:9:1: tiers: ..."
+    fake_fleet.failures["ApplyPolicy"] = Failure(grpc.StatusCode.INVALID_ARGUMENT, problems)
+    with (
+        FleetClient(fake_fleet.address) as client,
+        pytest.raises(fleet_client.InvalidArgument) as raised,
+    ):
+        client.apply_policy("rules: [\n")
+    assert raised.value.message == problems

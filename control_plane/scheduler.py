@@ -15,11 +15,21 @@ from dataclasses import dataclass
 from control_plane.clock import Clock
 from control_plane.domain.health import Timers, expiry_suspended
 from control_plane.domain.phases import DataplaneHealth
-from control_plane.domain.placement import DataplaneView, ledger_for, place
+from control_plane.domain.placement import DataplaneView, Decision, JobDemand, ledger_for, place
+from control_plane.domain.policy import (
+    DEFAULT_POLICY,
+    Policy,
+    PolicyError,
+    ProjectUsage,
+    QuotaLedger,
+    parse_policy,
+    queue_key,
+)
 from control_plane.domain.records import DataplaneRecord
-from control_plane.registry import DataplaneStore, PlacementOrder, SchedulingStore
+from control_plane.domain.usage import usage_by_project
+from control_plane.registry import DataplaneStore, PlacementOrder, PolicyStore, SchedulingStore
 from control_plane.sessions import SessionHub
-from control_plane.wire import launch_message
+from control_plane.wire import demand_from_json, launch_message
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,7 @@ class Scheduler:
         self,
         scheduling: SchedulingStore,
         dataplanes: DataplaneStore,
+        policies: PolicyStore,
         hub: SessionHub,
         clock: Clock,
         timers: Timers,
@@ -54,6 +65,8 @@ class Scheduler:
         # Passes never overlap: each reads holds and capacity that the previous one wrote.
         self._pass_lock = asyncio.Lock()
         self._suspended_logged = False
+        self._policies = policies
+        self._policy: tuple[int, Policy] = (0, DEFAULT_POLICY)
 
     def wake(self) -> None:
         self._wake.set()
@@ -98,26 +111,71 @@ class Scheduler:
             records = await self._dataplanes.list_dataplanes()
         return PassResult(placed, waiting, expired)
 
+    async def current_policy(self) -> tuple[int, Policy]:
+        """The policy in force and its version. A pass reads it once, so every decision of
+        the pass uses one version; documents are parsed once per version."""
+        version = await self._policies.current_version()
+        if version != self._policy[0]:
+            record = await self._policies.get(version)
+            try:
+                policy = DEFAULT_POLICY if record is None else parse_policy(record.document)
+            except PolicyError as error:
+                # Validated when applied; only a changed engine could refuse it now.
+                log.error(
+                    "policy version %d no longer parses, keeping version %d: %s",
+                    version,
+                    self._policy[0],
+                    error,
+                )
+                return self._policy
+            self._policy = (version, policy)
+            log.info("routing policy version %d in force", version)
+        return self._policy
+
+    async def quota_usage(self) -> QuotaLedger:
+        now = self._clock.now()
+        spans = await self._scheduling.attempt_spans(now)
+        return QuotaLedger(
+            {
+                project: ProjectUsage(gpus, hours)
+                for project, (gpus, hours) in usage_by_project(spans, now).items()
+            }
+        )
+
+    async def explain(self, demand: JobDemand) -> tuple[int, Decision]:
+        """The decision the scheduler would make for this job now, with every pool's reason."""
+        version, policy = await self.current_policy()
+        views = self.views(await self._dataplanes.list_dataplanes())
+        ledger = ledger_for(*await self._scheduling.capacity())
+        return version, place(demand, views, ledger, policy, await self.quota_usage())
+
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
+        _, policy = await self.current_policy()
         views = self.views(records)
         ledger = ledger_for(*await self._scheduling.capacity())
+        usage = await self.quota_usage()
         queued = await self._scheduling.queued(self._batch)
+        jobs = sorted(
+            ((demand_from_json(job.job_id, job.spec), job) for job in queued),
+            key=lambda pair: queue_key(policy, pair[0], pair[1].priority, pair[1].created_at),
+        )
         orders: list[PlacementOrder] = []
         waiting: dict[str, str] = {}
-        for job in queued:
-            decision = place(job.demand, views, ledger)
+        for demand, job in jobs:
+            decision = place(demand, views, ledger, policy, usage, explain=False)
             if decision.placement is None:
                 if decision.summary != job.message:
-                    waiting[job.demand.job_id] = decision.summary
+                    waiting[job.job_id] = decision.summary
                 continue
-            ledger.take(decision.placement, job.demand.gpus)
+            ledger.take(decision.placement, demand.gpus)
+            usage.take(demand.project, demand.gpus)
             chosen = decision.candidates[0]
             orders.append(
                 PlacementOrder(
-                    job.demand.job_id,
+                    job.job_id,
                     chosen.dataplane,
                     chosen.pool,
-                    job.demand.gpus,
+                    demand.gpus,
                     f"placed on {chosen.dataplane}/{chosen.pool}: {chosen.reason}",
                 )
             )

@@ -23,9 +23,17 @@ from grpc_reflection.v1alpha import reflection
 from control_plane.api.admin import AdminService
 from control_plane.api.agents import AgentService
 from control_plane.api.jobs import JobService
+from control_plane.api.policy import PolicyService
 from control_plane.clock import Clock, SystemClock
 from control_plane.domain.health import Timers
-from control_plane.registry import Database, DataplaneStore, JobStore, SchedulingStore, redact
+from control_plane.registry import (
+    Database,
+    DataplaneStore,
+    JobStore,
+    PolicyStore,
+    SchedulingStore,
+    redact,
+)
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.settings import ControlPlaneSettings
@@ -36,6 +44,7 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
 )
 SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -92,11 +101,12 @@ async def start(
     database = Database(settings.database_url)
     if settings.migrate:
         await database.migrate()
-    jobs, dataplanes = JobStore(database), DataplaneStore(database)
+    jobs, dataplanes, policies = JobStore(database), DataplaneStore(database), PolicyStore(database)
     hub = SessionHub()
     scheduler = Scheduler(
         SchedulingStore(database),
         dataplanes,
+        policies,
         hub,
         clock,
         timers,
@@ -119,6 +129,9 @@ async def start(
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminService(dataplanes, hub, clock, timers), server
+    )
+    admin_pb2_grpc.add_PolicyServiceServicer_to_server(
+        PolicyService(policies, jobs, dataplanes, scheduler, clock), server
     )
     names = list(SERVICE_NAMES)
     for install in extra_services:

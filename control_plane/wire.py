@@ -11,6 +11,7 @@ from fleet.v1 import admin_pb2, agent_pb2, types_pb2
 from google.protobuf import json_format, timestamp_pb2
 
 from control_plane.domain.phases import AttemptPhase, DataplaneHealth, JobPhase, PurchaseType
+from control_plane.domain.placement import Decision, JobDemand
 from control_plane.domain.reconcile import ReportedAttempt
 from control_plane.domain.records import (
     AttemptRecord,
@@ -70,6 +71,50 @@ def spec_to_json(spec: types_pb2.JobSpec) -> dict[str, Any]:
 
 def spec_from_json(data: Mapping[str, Any]) -> types_pb2.JobSpec:
     return json_format.ParseDict(dict(data), types_pb2.JobSpec())
+
+
+def demand_from_json(job_id: str, spec: Mapping[str, Any]) -> JobDemand:
+    """What routing needs of a job, read straight from its spec JSON (as stored)."""
+    resources = spec.get("resources", {})
+    routing = spec.get("routing", {})
+    return JobDemand(
+        job_id=job_id,
+        gpus=int(resources.get("gpus", 0)),
+        gpu_model=str(resources.get("gpu_model", "")),
+        min_gpu_memory_gb=int(resources.get("min_gpu_memory_gb", 0)),
+        pin_dataplane=str(routing.get("pin_dataplane", "")),
+        allow_spot=routing.get("allow_spot"),
+        project=str(spec.get("project", "")),
+        domain=str(spec.get("domain", "")),
+        name=str(spec.get("name", "")),
+        labels=dict(spec.get("labels", {})),
+        origin_region=str(routing.get("origin_region", "")),
+    )
+
+
+def explanation_to_proto(
+    decision: Decision, policy_version: int, job_id: str = ""
+) -> admin_pb2.Explanation:
+    return admin_pb2.Explanation(
+        job_id=job_id,
+        policy_version=policy_version,
+        rule=decision.rule,
+        priority=decision.priority,
+        summary=decision.summary,
+        candidates=[
+            admin_pb2.CandidateExplanation(
+                dataplane=c.dataplane,
+                pool=c.pool,
+                region=c.region,
+                purchase_type=(
+                    enum_to_proto(c.purchase_type) if c.purchase_type else 0  # type: ignore[arg-type]
+                ),
+                chosen=c.chosen,
+                reason=c.reason,
+            )
+            for c in decision.candidates
+        ],
+    )
 
 
 def attempt_to_proto(record: AttemptRecord) -> types_pb2.Attempt:

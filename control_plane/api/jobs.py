@@ -15,12 +15,18 @@ from control_plane.api.errors import Context, refuse
 from control_plane.api.validation import DEFAULT_DOMAIN, DEFAULT_RETRY_BUDGET, spec_problems
 from control_plane.clock import Clock
 from control_plane.domain.phases import JobPhase
-from control_plane.domain.placement import JobDemand, never_fits
+from control_plane.domain.placement import never_fits
 from control_plane.domain.records import JobRecord, NewJob
 from control_plane.registry import DataplaneStore, JobStore
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
-from control_plane.wire import enum_from_proto, event_to_proto, job_to_proto, spec_to_json
+from control_plane.wire import (
+    demand_from_json,
+    enum_from_proto,
+    event_to_proto,
+    job_to_proto,
+    spec_to_json,
+)
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -60,15 +66,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 return jobs_pb2.SubmitResponse(job=job_to_proto(existing), created=False)
         new = _new_job(spec, request.client_key)
         pools = [pool for dp in await self._dataplanes.list_dataplanes() for pool in dp.pools]
-        demand = JobDemand(
-            new.id,
-            new.gpus,
-            new.gpu_model,
-            new.min_gpu_memory_gb,
-            new.pin_dataplane,
-            new.allow_spot,
-        )
-        impossible = never_fits(demand, pools)
+        _, policy = await self._scheduler.current_policy()
+        impossible = never_fits(demand_from_json(new.id, new.spec), pools, policy)
         if impossible is not None:
             await refuse(
                 context,

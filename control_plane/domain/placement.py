@@ -1,25 +1,42 @@
-"""Where a job goes: the simple placement of the one-machine fleet.
+"""Where a job goes under the routing policy, and why every other pool was not chosen.
 
-A job fits a pool when the pool has the GPU model (if one is asked for), enough memory per
-GPU, enough GPUs in all, is not spot when spot is refused, and belongs to the pinned
-dataplane (if any). Among pools with free capacity now, cheaper tiers win: reserved, then
-on-demand, then spot; then the lower price; then the pool left with the most free GPUs, so
-a burst spreads. CPU-only jobs prefer CPU pools. The routing-policy engine replaces `place`.
+The job falls under the first rule that matches it (else the policy's default rule). A pool
+can take it when it keeps the rule's hard constraints (residency, latency, GPU model,
+memory, interconnect, pool labels, tier, price cap) and the job's own (pin, model, memory,
+size, spot hint), its dataplane is connected and healthy, the project's quota has room, and
+it has enough free GPUs now. Among those: the rule's tiers in order (a job bursts to the
+next tier only when the earlier ones have no room), then the lower price, then the pool
+left with the most free GPUs, so a burst spreads. CPU-only jobs prefer CPU pools.
 
-Every decision lists every pool, chosen or excluded with its reason.
+A decision can list every pool, chosen or excluded with its reason (`explain=True`, the
+default); the scheduler turns that off and gets the same choice and summary, faster.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control_plane.domain.phases import DataplaneHealth, PurchaseType
+from control_plane.domain.policy.constraints import (
+    CAPACITY,
+    HEALTH,
+    NOT_PREFERRED,
+    QUOTA,
+    Exclusion,
+    first_exclusion,
+    job_exclusion,
+    rule_exclusion,
+)
+from control_plane.domain.policy.matching import rule_for
+from control_plane.domain.policy.model import DEFAULT_POLICY, DEFAULT_RULE_NAME, Policy, Rule
+from control_plane.domain.policy.plan import FleetPlan, Shape, choose
+from control_plane.domain.policy.quota import QuotaLedger, quota_never_allows
 from control_plane.domain.records import PoolRecord
 
-TIER_ORDER = {PurchaseType.RESERVED: 0, PurchaseType.ON_DEMAND: 1, PurchaseType.SPOT: 2}
-
 PoolKey = tuple[str, str]  # (dataplane, pool)
+
+SUMMARY_REASONS = 4  # distinct reasons a waiting summary names
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,12 @@ class JobDemand:
     gpu_model: str = ""  # empty: any model
     min_gpu_memory_gb: int = 0
     pin_dataplane: str = ""
-    allow_spot: bool | None = None  # None: the (default) policy allows spot
+    allow_spot: bool | None = None  # None: the policy's rule decides
+    project: str = ""
+    domain: str = ""
+    name: str = ""  # the task name rules match with globs
+    labels: Mapping[str, str] = field(default_factory=dict)
+    origin_region: str = ""  # where the job's data lives, for latency budgets
 
 
 @dataclass(frozen=True)
@@ -46,35 +68,59 @@ class Candidate:
     pool: str
     chosen: bool
     reason: str
+    region: str = ""
+    purchase_type: PurchaseType | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
     placement: PoolKey | None
-    candidates: tuple[Candidate, ...]
+    candidates: tuple[Candidate, ...]  # the chosen one first; empty when not explaining a wait
+    rule: str = DEFAULT_RULE_NAME  # the rule the job fell under
+    priority: int = 0  # that rule's priority
+    wait_reason: str = ""  # why it waits (empty when placed)
 
     @property
     def summary(self) -> str:
         """One line: where it goes, or why it waits."""
         if self.placement is not None:
             return f"placed on {self.placement[0]}/{self.placement[1]}"
+        if self.wait_reason:
+            return f"waiting: {self.wait_reason}"
         if not self.candidates:
             return "waiting: no dataplane is registered"
-        reasons = sorted({c.reason for c in self.candidates})
-        return "waiting: " + "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else "")
+        return "waiting: " + _join_reasons(sorted({c.reason for c in self.candidates}))
 
 
 class CapacityLedger:
-    """Free GPUs per pool during one scheduling pass; placing deducts at once (a hold)."""
+    """Free GPUs per pool during one scheduling pass; placing deducts at once (a hold).
+
+    It also keeps what the pass computes once for all its jobs (see policy/plan.py), which
+    relies on free GPUs only shrinking while the ledger lives.
+    """
 
     def __init__(self, free: dict[PoolKey, int]) -> None:
         self._free = dict(free)
+        self._plans: dict[int, tuple[tuple[DataplaneView, ...], FleetPlan]] = {}
 
     def free(self, key: PoolKey) -> int:
         return self._free.get(key, 0)
 
     def take(self, key: PoolKey, gpus: int) -> None:
         self._free[key] = self.free(key) - gpus
+        if gpus < 0:
+            self._plans.clear()  # given back: what the plans remember no longer holds
+
+    def plan(self, policy: Policy, dataplanes: Sequence[DataplaneView]) -> FleetPlan:
+        views = dataplanes if isinstance(dataplanes, tuple) else tuple(dataplanes)
+        cached = self._plans.get(id(policy))
+        if cached is not None and cached[1].policy is policy and cached[0] == views:
+            return cached[1]
+        plan = FleetPlan(
+            policy, [(pool, _unavailable(view)) for view in views for pool in view.pools]
+        )
+        self._plans[id(policy)] = (views, plan)
+        return plan
 
 
 def ledger_for(free: Mapping[PoolKey, int], holds: Mapping[PoolKey, int]) -> CapacityLedger:
@@ -86,54 +132,181 @@ def ledger_for(free: Mapping[PoolKey, int], holds: Mapping[PoolKey, int]) -> Cap
     return CapacityLedger({key: max(0, n - holds.get(key, 0)) for key, n in free.items()})
 
 
+def place(
+    demand: JobDemand,
+    dataplanes: Sequence[DataplaneView],
+    ledger: CapacityLedger,
+    policy: Policy = DEFAULT_POLICY,
+    usage: QuotaLedger | None = None,
+    *,
+    explain: bool = True,
+) -> Decision:
+    """Choose a pool for the job; the caller deducts from the ledger (and the quota ledger)
+    when it applies the plan. Without `usage`, every project counts as using nothing."""
+    plan = ledger.plan(policy, dataplanes)
+    index, rule = plan.rule(demand)
+    key = plan.shape_key(index, rule, demand)
+    shape = plan.shape(key, rule, demand)
+    quota: str | None = None
+    pick: tuple[PoolKey, int] | None = None
+    if shape.pools == 0:
+        wait = _static_wait(plan, key, rule, demand)
+    else:
+        quota = (usage or _NO_USAGE).blocked(policy, demand.project, demand.gpus)
+        pick = None if quota else choose(shape, demand.gpus, ledger._free)
+        wait = quota or ("" if pick else _capacity_wait(plan, key, shape, rule, demand))
+    placement = pick[0] if pick else None
+    if explain:
+        candidates = _explain(plan, key, rule, demand, ledger, pick, quota)
+    elif placement is not None:
+        candidates = (_chosen(plan.pool_by_key[placement], rule, ledger),)
+    else:
+        candidates = ()
+    return Decision(placement, candidates, rule.name, rule.priority, wait)
+
+
+def never_fits(
+    demand: JobDemand, pools: Sequence[PoolRecord], policy: Policy = DEFAULT_POLICY
+) -> str | None:
+    """Why no registered pool could ever run the job under the policy (rejected at submit);
+    None if one could once capacity, health and quota use allow."""
+    if not pools:
+        return "no dataplane has registered with the control plane yet"
+    rule = rule_for(policy, demand)
+    over_quota = quota_never_allows(policy.quotas.get(demand.project), demand.project, demand.gpus)
+    if over_quota is not None:
+        return f"quota: {over_quota}"
+    if any(first_exclusion(policy, rule, demand, pool) is None for pool in pools):
+        return None
+    for_job = [pool for pool in pools if job_exclusion(demand, pool) is None]
+    if not for_job:
+        return _job_never_fits(demand, pools)
+    origin = demand.origin_region or (rule.latency.default_origin if rule.latency else "")
+    by_reason: dict[tuple[int, str], list[str]] = {}
+    for pool in for_job:
+        excluded = rule_exclusion(policy, rule, origin, demand.gpus > 0, pool)
+        if excluded is not None:
+            by_reason.setdefault((-excluded.stage, excluded.text), []).append(
+                f"{pool.dataplane}/{pool.name}"
+            )
+    reasons = [
+        f"{text} ({', '.join(where[:3])}{', ...' if len(where) > 3 else ''})"
+        for (_, text), where in sorted(by_reason.items())
+    ]
+    count = "1 pool" if len(for_job) == 1 else f"{len(for_job)} pools"
+    return f"rule {rule.name} excludes every pool that could run this job ({count}): " + (
+        _join_reasons(reasons)
+    )
+
+
 def static_mismatch(demand: JobDemand, pool: PoolRecord) -> str | None:
-    """Why this pool can never run the job, whatever its load; None if it could."""
-    if demand.pin_dataplane and pool.dataplane != demand.pin_dataplane:
-        return f"job is pinned to dataplane {demand.pin_dataplane}"
-    if demand.gpus > 0 and demand.gpu_model and pool.gpu_model.lower() != demand.gpu_model.lower():
-        return f"GPU model {pool.gpu_model or 'none'} is not {demand.gpu_model}"
-    if demand.gpus > 0 and pool.gpu_memory_gb < demand.min_gpu_memory_gb:
-        return f"{pool.gpu_memory_gb} GB per GPU < {demand.min_gpu_memory_gb} GB asked"
-    if demand.gpus > pool.gpu_total:
-        return f"pool has {pool.gpu_total} GPUs in all < {demand.gpus} asked"
-    if demand.allow_spot is False and pool.purchase_type is PurchaseType.SPOT:
-        return "spot capacity refused by the job"
+    """Why this pool can never run the job by the job's own demands; None if it could."""
+    excluded = job_exclusion(demand, pool)
+    return None if excluded is None else excluded.text
+
+
+# -- internals ----------------------------------------------------------------------------
+
+_NO_USAGE = QuotaLedger()  # only read
+
+
+def _unavailable(view: DataplaneView) -> Exclusion | None:
+    if not view.connected:
+        return Exclusion(HEALTH, "dataplane is not connected")
+    if view.health is not DataplaneHealth.HEALTHY:
+        return Exclusion(HEALTH, "dataplane is {}", (view.health.value,))
     return None
 
 
-def place(
-    demand: JobDemand, dataplanes: Sequence[DataplaneView], ledger: CapacityLedger
-) -> Decision:
-    """Choose a pool for the job; the caller deducts from the ledger when it applies the plan."""
-    fits: list[PoolRecord] = []
-    excluded: list[Candidate] = []
-    for dp in dataplanes:
-        for pool in dp.pools:
-            reason = _exclusion(demand, dp, pool, ledger)
-            if reason is None:
-                fits.append(pool)
-            else:
-                excluded.append(Candidate(dp.name, pool.name, False, reason))
-    if not fits:
-        return Decision(None, tuple(excluded))
-    fits.sort(key=lambda pool: _preference(demand, pool, ledger))
-    best = fits[0]
-    chosen = Candidate(best.dataplane, best.name, True, _why_chosen(best, ledger))
-    others = [
-        Candidate(
-            p.dataplane, p.name, False, f"fits, but {best.dataplane}/{best.name} is preferred"
+def _static_wait(plan: FleetPlan, key: tuple[object, ...], rule: Rule, demand: JobDemand) -> str:
+    summary = plan.summaries.get(key)
+    if summary is None:
+        exclusions = {e for e in plan.exclusions(key, rule, demand, keep=False) if e is not None}
+        if not exclusions:
+            summary = "no dataplane is registered"
+        else:
+            ranked = sorted({(-e.stage, e.text) for e in exclusions})
+            summary = _join_reasons([text for _, text in ranked])
+        plan.summaries[key] = summary
+    return summary
+
+
+def _capacity_wait(
+    plan: FleetPlan, key: tuple[object, ...], shape: Shape, rule: Rule, demand: JobDemand
+) -> str:
+    capacity_key = (*key, "capacity")
+    summary = plan.summaries.get(capacity_key)
+    if summary is None:
+        pools = "1 pool fits" if shape.pools == 1 else f"{shape.pools} pools fit"
+        summary = plan.summaries[capacity_key] = (
+            f"no capacity: {pools} this job under rule {rule.name}, "
+            f"none with {demand.gpus} GPUs free now"
         )
-        for p in fits[1:]
-    ]
-    return Decision(best.key, (chosen, *others, *excluded))
+    return summary
 
 
-def never_fits(demand: JobDemand, pools: Sequence[PoolRecord]) -> str | None:
-    """Why no registered pool could ever run the job (rejected at submit); None if one could."""
-    if not pools:
-        return "no dataplane has registered with the control plane yet"
-    if any(static_mismatch(demand, pool) is None for pool in pools):
-        return None
+def _explain(
+    plan: FleetPlan,
+    key: tuple[object, ...],
+    rule: Rule,
+    demand: JobDemand,
+    ledger: CapacityLedger,
+    pick: tuple[PoolKey, int] | None,
+    quota: str | None,
+) -> tuple[Candidate, ...]:
+    chosen: list[Candidate] = []
+    fitting: list[Candidate] = []
+    excluded: list[Candidate] = []
+    best = plan.pool_by_key[pick[0]] if pick else None
+    for (pool, _), exclusion in zip(plan.pools, plan.exclusions(key, rule, demand), strict=True):
+        if exclusion is None and quota is not None:
+            exclusion = Exclusion(QUOTA, "{}", (quota,))
+        elif exclusion is None and demand.gpus > ledger.free(pool.key):
+            exclusion = Exclusion(
+                CAPACITY,
+                "{} of {} GPUs free < {} asked",
+                (ledger.free(pool.key), pool.gpu_total, demand.gpus),
+            )
+        if exclusion is None and best is not None and pool.key == best.key:
+            chosen.append(_chosen(pool, rule, ledger))
+        elif exclusion is None and best is not None:
+            reason = _not_preferred(pool, best, rule).text
+            fitting.append(_candidate(pool, False, reason))
+        else:
+            reason = exclusion.text if exclusion is not None else "fits"
+            excluded.append(_candidate(pool, False, reason))
+    return (*chosen, *fitting, *excluded)
+
+
+def _not_preferred(pool: PoolRecord, best: PoolRecord, rule: Rule) -> Exclusion:
+    if rule.tiers.index(pool.purchase_type) > rule.tiers.index(best.purchase_type):
+        return Exclusion(
+            NOT_PREFERRED,
+            "fits, but the {} tier waits until {} is full",
+            (pool.purchase_type.value, best.purchase_type.value),
+        )
+    return Exclusion(NOT_PREFERRED, "fits, but {}/{} is preferred", (best.dataplane, best.name))
+
+
+def _chosen(pool: PoolRecord, rule: Rule, ledger: CapacityLedger) -> Candidate:
+    reason = (
+        f"{pool.purchase_type.value} tier, ${pool.price_per_gpu_hour:.2f}/GPU-hour, "
+        f"{ledger.free(pool.key)} of {pool.gpu_total} GPUs free (rule {rule.name})"
+    )
+    return _candidate(pool, True, reason)
+
+
+def _candidate(pool: PoolRecord, chosen: bool, reason: str) -> Candidate:
+    return Candidate(pool.dataplane, pool.name, chosen, reason, pool.region, pool.purchase_type)
+
+
+def _join_reasons(reasons: Sequence[str]) -> str:
+    shown = "; ".join(reasons[:SUMMARY_REASONS])
+    return shown + ("; ..." if len(reasons) > SUMMARY_REASONS else "")
+
+
+def _job_never_fits(demand: JobDemand, pools: Sequence[PoolRecord]) -> str:
+    """The job's own demands exclude every pool, whatever the policy: name the closest miss."""
     if demand.pin_dataplane and all(p.dataplane != demand.pin_dataplane for p in pools):
         return f"routing.pin_dataplane: no dataplane named {demand.pin_dataplane!r} is registered"
     if demand.gpus > 0 and demand.gpu_model:
@@ -154,39 +327,3 @@ def never_fits(demand: JobDemand, pools: Sequence[PoolRecord]) -> str | None:
         )
     reasons = sorted({f"{p.dataplane}/{p.name}: {static_mismatch(demand, p)}" for p in pools})
     return "no pool can run this job: " + "; ".join(reasons)
-
-
-def _exclusion(
-    demand: JobDemand, dp: DataplaneView, pool: PoolRecord, ledger: CapacityLedger
-) -> str | None:
-    mismatch = static_mismatch(demand, pool)
-    if mismatch is not None:
-        return mismatch
-    if not dp.connected:
-        return "dataplane is not connected"
-    if dp.health is not DataplaneHealth.HEALTHY:
-        return f"dataplane is {dp.health.value}"
-    free = ledger.free(pool.key)
-    if demand.gpus > free:
-        return f"{free} of {pool.gpu_total} GPUs free < {demand.gpus} asked"
-    return None
-
-
-def _preference(demand: JobDemand, pool: PoolRecord, ledger: CapacityLedger) -> tuple[object, ...]:
-    wastes_gpus = demand.gpus == 0 and pool.gpu_total > 0
-    free_after = ledger.free(pool.key) - demand.gpus
-    return (
-        wastes_gpus,
-        TIER_ORDER[pool.purchase_type],
-        pool.price_per_gpu_hour,
-        -free_after,
-        pool.dataplane,
-        pool.name,
-    )
-
-
-def _why_chosen(pool: PoolRecord, ledger: CapacityLedger) -> str:
-    return (
-        f"{pool.purchase_type.value} tier, ${pool.price_per_gpu_hour:.2f}/GPU-hour, "
-        f"{ledger.free(pool.key)} of {pool.gpu_total} GPUs free"
-    )

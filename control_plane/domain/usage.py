@@ -11,7 +11,7 @@ from datetime import datetime
 class AttemptSpan:
     project: str
     gpus: int
-    live: bool                       # holds its GPUs now (pending, starting, running)
+    live: bool  # holds its GPUs now (pending, starting, running)
     started_at: datetime | None
     finished_at: datetime | None
 

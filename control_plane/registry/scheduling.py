@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from control_plane.domain.phases import AttemptPhase, JobPhase
-from control_plane.domain.placement import JobDemand, PoolKey
+from control_plane.domain.placement import PoolKey
 from control_plane.domain.records import AttemptRecord
 from control_plane.domain.usage import AttemptSpan, day_start
 from control_plane.registry.database import Database
@@ -21,8 +21,9 @@ from control_plane.registry.tables import AttemptRow, JobRow, PoolRow
 
 @dataclass(frozen=True)
 class QueuedJob:
-    demand: JobDemand
-    priority: int
+    job_id: str
+    spec: dict[str, Any]  # the JobSpec as protobuf JSON
+    priority: int  # the job's own priority (the policy's rule priority comes first)
     created_at: datetime
     message: str
 
@@ -41,7 +42,8 @@ class SchedulingStore:
         self._db = db
 
     async def queued(self, limit: int) -> list[QueuedJob]:
-        """Queued jobs, higher priority first, then in submit order."""
+        """Queued jobs, the job's own priority first, then in submit order (the scheduler
+        orders each batch by the policy's rule priority)."""
         query = (
             sa.select(JobRow)
             .where(JobRow.phase == JobPhase.QUEUED.value)
@@ -50,19 +52,7 @@ class SchedulingStore:
         )
         async with self._db.read() as session:
             return [
-                QueuedJob(
-                    JobDemand(
-                        job_id=row.id,
-                        gpus=row.gpus,
-                        gpu_model=row.gpu_model,
-                        min_gpu_memory_gb=row.min_gpu_memory_gb,
-                        pin_dataplane=row.pin_dataplane,
-                        allow_spot=row.allow_spot,
-                    ),
-                    row.priority,
-                    row.created_at,
-                    row.message,
-                )
+                QueuedJob(row.id, dict(row.spec), row.priority, row.created_at, row.message)
                 for row in await session.scalars(query)
             ]
 

@@ -26,6 +26,7 @@ from control_plane.domain.policy.constraints import (
     Exclusion,
     first_exclusion,
     job_exclusion,
+    origin_of,
     rule_exclusion,
 )
 from control_plane.domain.policy.matching import rule_for
@@ -50,7 +51,7 @@ class JobDemand:
     project: str = ""
     domain: str = ""
     name: str = ""  # the task name rules match with globs
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     origin_region: str = ""  # where the job's data lives, for latency budgets
 
 
@@ -181,7 +182,7 @@ def never_fits(
     for_job = [pool for pool in pools if job_exclusion(demand, pool) is None]
     if not for_job:
         return _job_never_fits(demand, pools)
-    origin = demand.origin_region or (rule.latency.default_origin if rule.latency else "")
+    origin = origin_of(rule, demand)
     by_reason: dict[tuple[int, str], list[str]] = {}
     for pool in for_job:
         excluded = rule_exclusion(policy, rule, origin, demand.gpus > 0, pool)
@@ -238,9 +239,9 @@ def _capacity_wait(
     summary = plan.summaries.get(capacity_key)
     if summary is None:
         pools = "1 pool fits" if shape.pools == 1 else f"{shape.pools} pools fit"
+        gpus = "1 GPU" if demand.gpus == 1 else f"{demand.gpus} GPUs"
         summary = plan.summaries[capacity_key] = (
-            f"no capacity: {pools} this job under rule {rule.name}, "
-            f"none with {demand.gpus} GPUs free now"
+            f"no capacity: {pools} this job under rule {rule.name}, none with {gpus} free now"
         )
     return summary
 

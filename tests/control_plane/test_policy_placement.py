@@ -194,7 +194,7 @@ class TestTiers:
         assert decision.placement is None
         assert reason_for(decision, "gcp/h100") == "spot not allowed by rule r"
         assert decision.summary == (
-            "waiting: no capacity: 2 pools fit this job under rule r, none with 1 GPUs free now"
+            "waiting: no capacity: 2 pools fit this job under rule r, none with 1 GPU free now"
         )
 
     @pytest.mark.parametrize(

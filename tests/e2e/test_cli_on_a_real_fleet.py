@@ -183,3 +183,43 @@ def test_agent_with_a_malformed_pool_file_stops_with_file_line_and_field(tmp_pat
     )
     assert result.returncode == 2
     assert f"{pools}:10:16: pools[0].gpu_count" in result.stderr
+
+
+def test_policy_apply_explain_history_and_rollback(fleet: LocalFleet, tmp_path: Path) -> None:
+    policy = tmp_path / "routing.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "rules:\n"
+        "  - name: us-only\n"
+        "    match: {projects: [ads]}\n"
+        "    regions: [us-east-1]\n"
+    )
+    dry = fleet_cmd(fleet, "policy", "apply", "-f", str(policy), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "replayed" in dry.stdout
+
+    applied = fleet_cmd(fleet, "policy", "apply", "-f", str(policy), "--comment", "ads in us")
+    assert applied.returncode == 0, applied.stderr
+    assert "applied policy version 1" in applied.stdout
+
+    # The only dataplane is in europe-west4: the ads project can never run there.
+    refused = fleet_cmd(fleet, "jobs", "submit", "--project", "ads", "--", "true")
+    assert refused.returncode == 2
+    assert "us-only" in refused.stderr
+
+    explained = fleet_cmd(fleet, "policy", "explain", "--project", "ads", "--gpus", "1")
+    assert explained.returncode == 0, explained.stderr
+    assert "us-only" in explained.stdout and "eu-cluster" in explained.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: x\n    match: {projects: [a]}\n    regionz: []\n")
+    rejected = fleet_cmd(fleet, "policy", "apply", "-f", str(bad))
+    assert rejected.returncode == 2
+    assert "policy.yaml:5:5: rules[0].regionz" in rejected.stderr
+
+    rolled = fleet_cmd(fleet, "policy", "rollback", "1")
+    assert rolled.returncode == 0 and "version 2" in rolled.stdout
+    history = json.loads(fleet_cmd(fleet, "-o", "json", "policy", "history").stdout)
+    assert [int(v["version"]) for v in history] == [2, 1]  # uint64: a JSON string
+    shown = fleet_cmd(fleet, "policy", "show", "1")
+    assert shown.stdout == policy.read_text()

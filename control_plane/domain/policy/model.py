@@ -2,7 +2,8 @@
 
 A list field set to None means "no constraint"; an empty tuple is refused by validation (a
 rule that could never match or never place). Names compare exactly, except GPU models and
-interconnects, which compare case-insensitively like the rest of placement.
+interconnects, which compare case-insensitively like the rest of placement. Mapping fields
+take no part in hashing, so the values stay hashable (equality still compares them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Match:
     domains: tuple[str, ...] | None = None  # any of these domains
     tasks: tuple[str, ...] | None = None  # task name globs (fnmatch, case-sensitive)
     # The job carries every one of these labels.
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Rule:
     gpu_models: tuple[str, ...] | None = None
     min_gpu_memory_gb: int = 0
     interconnects: tuple[str, ...] | None = None
-    pool_labels: Mapping[str, str] = field(default_factory=dict)
+    pool_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     latency: LatencyBudget | None = None
     # Preference order; a tier left out is forbidden. Bursts go to the next tier only when
     # the earlier ones have no free capacity that fits.
@@ -81,13 +82,10 @@ class Quota:
 class Policy:
     rules: tuple[Rule, ...] = ()
     default: Rule = field(default_factory=lambda: Rule(DEFAULT_RULE_NAME))
-    regions: Mapping[str, CustomRegion] = field(default_factory=dict)
+    regions: Mapping[str, CustomRegion] = field(default_factory=dict, hash=False)
     # Measured round trips in ms, keyed by the two region names in sorted order.
-    measured_rtt_ms: Mapping[tuple[str, str], float] = field(default_factory=dict)
-    quotas: Mapping[str, Quota] = field(default_factory=dict)
-
-    def quota(self, project: str) -> Quota | None:
-        return self.quotas.get(project)
+    measured_rtt_ms: Mapping[tuple[str, str], float] = field(default_factory=dict, hash=False)
+    quotas: Mapping[str, Quota] = field(default_factory=dict, hash=False)
 
 
 # What the fleet does with no document applied: everything allowed, reserved before

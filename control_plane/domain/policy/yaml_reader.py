@@ -16,6 +16,7 @@ from yaml.constructor import SafeConstructor
 from control_plane.domain.policy.errors import FieldPath, Problem
 
 _STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 class Reader:
@@ -78,6 +79,10 @@ class Reader:
         seen: dict[str, yaml.Node] = {}
         result: list[tuple[yaml.Node, str, yaml.Node]] = []
         for key_node, value in node.value:
+            if key_node.tag == _MERGE:
+                self.report(key_node, path, "merge keys (<<) are not supported: write the "
+                            "fields out (anchors and aliases of whole values are fine)")
+                continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
                 shown = self.show(key_node)
                 self.report(key_node, path, f"keys must be strings (got {shown}; quote it)")

@@ -47,5 +47,9 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Benchmarks print figures and append them to bench/RESULTS.md; they assert nothing.
+bench: venv
+	$(BIN)/python bench/placement.py
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache

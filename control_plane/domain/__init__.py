@@ -5,4 +5,6 @@
 - `placement`: which pool of which dataplane a job goes to, and why the others were not.
 - `reconcile`: what a dataplane's reported state means for the attempts we hold there.
 - `health`: the two timers per dataplane.
+- `usage`: what a project has used, for quotas.
+- `policy/`: the routing policy: document, rules, regions and RTT, constraints, quotas.
 """

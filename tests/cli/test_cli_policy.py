@@ -14,18 +14,21 @@ from typer.testing import CliRunner, Result
 from fleet_cli.main import app
 from tests.cli.fakes import Failure, FakeFleet
 
+# A real document (the fake server does not parse it; the CLI passes it through as is).
 POLICY = """\
 # routing for the ML org
+version: 1
 rules:
   - name: eu-residency
-    match: {project: ml}
-    require: {regions: [europe-*]}
-    prefer: [reserved, spot]
+    match: {projects: [ml]}
+    regions: [europe-west4]
+    tiers: [reserved, spot]
 """
 
+# What the real server answers for a bad document: one problem per line.
 PROBLEMS = (
-    "policy.yaml:4:12: rules[0].match.project: expected a string, got a list\n"
-    "policy.yaml:6:14: rules[0].prefer[1]: 'cheap' is not a tier (reserved, on_demand, spot)"
+    "policy.yaml:5:12: rules[0].match.projects: expected a list of names, got a string\n"
+    "policy.yaml:7:21: rules[0].tiers[1]: 'cheap' is not a tier (reserved, on_demand, spot)"
 )
 
 RESERVED, ON_DEMAND, SPOT = (

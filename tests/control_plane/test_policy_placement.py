@@ -56,8 +56,18 @@ def pool(
     labels: dict[str, str] | None = None,
 ) -> PoolRecord:
     return PoolRecord(
-        dp, name, region, cloud, tier, model, mem, total, total if free is None else free,
-        interconnect, price, labels or {},
+        dp,
+        name,
+        region,
+        cloud,
+        tier,
+        model,
+        mem,
+        total,
+        total if free is None else free,
+        interconnect,
+        price,
+        labels or {},
     )
 
 
@@ -65,24 +75,34 @@ def standard_pools(**free: int) -> list[PoolRecord]:
     """An on-prem site, an AWS region on demand and a GCP region on spot; free GPUs by
     pool (e.g. onprem_h100=0)."""
     pools = [
-        pool("onprem", "h100", "us-east-dc1", "onprem", R, "H100", 80, 1.10,
-             interconnect="nvlink", labels={"rack": "a"}),
+        pool(
+            "onprem",
+            "h100",
+            "us-east-dc1",
+            "onprem",
+            R,
+            "H100",
+            80,
+            1.10,
+            interconnect="nvlink",
+            labels={"rack": "a"},
+        ),
         pool("aws", "a100", "us-east-1", "aws", OD, "A100", 80, 4.10, labels={"rack": "b"}),
         pool("aws", "h100", "us-east-1", "aws", OD, "H100", 80, 6.90, interconnect="nvlink"),
         pool("aws", "cpu", "us-east-1", "aws", OD, "", 0, 0.0, total=0),
         pool("gcp", "l4", "europe-west4", "gcp", SPOT, "L4", 24, 0.25),
         pool("gcp", "h100", "europe-west4", "gcp", SPOT, "H100", 80, 2.20),
     ]
-    return [
-        replace(p, gpu_free=free.get(f"{p.dataplane}_{p.name}", p.gpu_free)) for p in pools
-    ]
+    return [replace(p, gpu_free=free.get(f"{p.dataplane}_{p.name}", p.gpu_free)) for p in pools]
 
 
 def views_of(pools: list[PoolRecord], **health: DataplaneHealth) -> list[DataplaneView]:
     names = list(dict.fromkeys(p.dataplane for p in pools))
     return [
         DataplaneView(
-            n, health.get(n, DataplaneHealth.HEALTHY), True,
+            n,
+            health.get(n, DataplaneHealth.HEALTHY),
+            True,
             tuple(p for p in pools if p.dataplane == n),
         )
         for n in names
@@ -126,28 +146,73 @@ ANY = JobDemand("j", 1)
 @pytest.mark.parametrize(
     ("body", "demand", "chosen", "excluded", "reason"),
     [
-        ("regions: [europe-west4]", H100, "gcp/h100", "onprem/h100",
-         "region us-east-dc1 not allowed by rule r"),
+        (
+            "regions: [europe-west4]",
+            H100,
+            "gcp/h100",
+            "onprem/h100",
+            "region us-east-dc1 not allowed by rule r",
+        ),
         ("clouds: [aws]", H100, "aws/h100", "onprem/h100", "cloud onprem not allowed by rule r"),
         ("dataplanes: [gcp]", H100, "gcp/h100", "aws/h100", "dataplane aws not allowed by rule r"),
-        ("gpu_models: [A100, l4]", ANY, "aws/a100", "onprem/h100",
-         "GPU model H100 not allowed by rule r (allows A100, l4)"),
-        ("gpu_models: [A100, l4]\ntiers: [spot]", ANY, "gcp/l4", "gcp/h100",
-         "GPU model H100 not allowed by rule r (allows A100, l4)"),
-        ("min_gpu_memory_gb: 40\ntiers: [spot]", ANY, "gcp/h100", "gcp/l4",
-         "24 GB per GPU < 40 GB required by rule r"),
-        ("interconnects: [NVLink]\ntiers: [on_demand]", ANY, "aws/h100", "aws/a100",
-         "interconnect none not allowed by rule r (allows NVLink)"),
-        ("pool_labels: {rack: b}", ANY, "aws/a100", "onprem/h100",
-         "pool lacks label rack=b required by rule r"),
-        ("latency: {budget_ms: 80, default_origin: europe-west4}", H100, "gcp/h100",
-         "onprem/h100", "RTT 84 ms > budget 80 ms (from europe-west4, rule r)"),
+        (
+            "gpu_models: [A100, l4]",
+            ANY,
+            "aws/a100",
+            "onprem/h100",
+            "GPU model H100 not allowed by rule r (allows A100, l4)",
+        ),
+        (
+            "gpu_models: [A100, l4]\ntiers: [spot]",
+            ANY,
+            "gcp/l4",
+            "gcp/h100",
+            "GPU model H100 not allowed by rule r (allows A100, l4)",
+        ),
+        (
+            "min_gpu_memory_gb: 40\ntiers: [spot]",
+            ANY,
+            "gcp/h100",
+            "gcp/l4",
+            "24 GB per GPU < 40 GB required by rule r",
+        ),
+        (
+            "interconnects: [NVLink]\ntiers: [on_demand]",
+            ANY,
+            "aws/h100",
+            "aws/a100",
+            "interconnect none not allowed by rule r (allows NVLink)",
+        ),
+        (
+            "pool_labels: {rack: b}",
+            ANY,
+            "aws/a100",
+            "onprem/h100",
+            "pool lacks label rack=b required by rule r",
+        ),
+        (
+            "latency: {budget_ms: 80, default_origin: europe-west4}",
+            H100,
+            "gcp/h100",
+            "onprem/h100",
+            "RTT 84 ms > budget 80 ms (from europe-west4, rule r)",
+        ),
         ("tiers: [on_demand]", ANY, "aws/a100", "onprem/h100", "reserved not allowed by rule r"),
         ("tiers: [on_demand]", ANY, "aws/a100", "gcp/l4", "spot not allowed by rule r"),
-        ("max_price_per_gpu_hour: 2", H100, "onprem/h100", "gcp/h100",
-         "$2.20/GPU-hour > cap $2.00 (rule r)"),
-        ("max_price_per_gpu_hour: 2\ntiers: [on_demand, spot]", H100, None, "aws/h100",
-         "$6.90/GPU-hour > cap $2.00 (rule r)"),
+        (
+            "max_price_per_gpu_hour: 2",
+            H100,
+            "onprem/h100",
+            "gcp/h100",
+            "$2.20/GPU-hour > cap $2.00 (rule r)",
+        ),
+        (
+            "max_price_per_gpu_hour: 2\ntiers: [on_demand, spot]",
+            H100,
+            None,
+            "aws/h100",
+            "$6.90/GPU-hour > cap $2.00 (rule r)",
+        ),
     ],
 )
 def test_each_hard_constraint_of_a_rule_excludes_with_its_reason(
@@ -349,19 +414,30 @@ default:
     @pytest.mark.parametrize(
         ("demand", "rule"),
         [
-            (JobDemand("j", 1, project="gdpr-analytics", domain="production", name="train-x"),
-             "gdpr"),
-            (JobDemand("j", 1, project="nlp", domain="production", name="train-llm"),
-             "prod-train"),
-            (JobDemand("j", 1, project="nlp", domain="production", name="wf.finetune"),
-             "prod-train"),
+            (
+                JobDemand("j", 1, project="gdpr-analytics", domain="production", name="train-x"),
+                "gdpr",
+            ),
+            (JobDemand("j", 1, project="nlp", domain="production", name="train-llm"), "prod-train"),
+            (
+                JobDemand("j", 1, project="nlp", domain="production", name="wf.finetune"),
+                "prod-train",
+            ),
             (JobDemand("j", 1, project="nlp", domain="staging", name="train-llm"), "default"),
             (JobDemand("j", 1, project="nlp", domain="production", name="Train-llm"), "default"),
             (JobDemand("j", 1, labels={"team": "nlp", "tier": "gold", "x": "y"}), "team-nlp"),
             (JobDemand("j", 1, labels={"team": "nlp"}), "default"),
             (JobDemand("j", 1, project="nlp", domain="development"), "dev-nlp"),
-            (JobDemand("j", 1, project="nlp", domain="development",
-                       labels={"team": "nlp", "tier": "gold"}), "team-nlp"),
+            (
+                JobDemand(
+                    "j",
+                    1,
+                    project="nlp",
+                    domain="development",
+                    labels={"team": "nlp", "tier": "gold"},
+                ),
+                "team-nlp",
+            ),
             (JobDemand("j", 1, project="vision", domain="development"), "default"),
         ],
     )
@@ -385,7 +461,12 @@ default:
         ]
         ordered = sorted(jobs, key=lambda j: queue_key(self.POLICY, j[1], j[2], j[3]))
         assert [name for name, *_ in ordered] == [
-            "early-train", "late-train", "gold", "urgent-other", "urgent-other-later", "other",
+            "early-train",
+            "late-train",
+            "gold",
+            "urgent-other",
+            "urgent-other-later",
+            "other",
         ]
         assert queue_priority(self.POLICY, jobs[0][1]) == 100
         assert queue_priority(DEFAULT_POLICY, jobs[0][1]) == 0
@@ -404,8 +485,12 @@ class TestExplanations:
         self, health: DataplaneHealth, connected: bool, reason: str
     ) -> None:
         views = [
-            DataplaneView(v.name, health if v.name == "onprem" else v.health,
-                          connected or v.name != "onprem", v.pools)
+            DataplaneView(
+                v.name,
+                health if v.name == "onprem" else v.health,
+                connected or v.name != "onprem",
+                v.pools,
+            )
             for v in views_of(standard_pools())
         ]
         ledger = ledger_for({p.key: p.gpu_free for v in views for p in v.pools}, {})
@@ -418,8 +503,12 @@ class TestExplanations:
         keys = [(c.dataplane, c.pool) for c in decision.candidates]
         assert sorted(keys) == sorted(p.key for p in standard_pools())
         assert decision.candidates[0] == Candidate(
-            "onprem", "h100", True,
-            "reserved tier, $1.10/GPU-hour, 8 of 8 GPUs free (rule r)", "us-east-dc1", R,
+            "onprem",
+            "h100",
+            True,
+            "reserved tier, $1.10/GPU-hour, 8 of 8 GPUs free (rule r)",
+            "us-east-dc1",
+            R,
         )
         assert [c.chosen for c in decision.candidates].count(True) == 1
 

@@ -86,8 +86,14 @@ def fleets(draw: st.DrawFn) -> list[DataplaneView]:
             model = draw(st.sampled_from(MODELS)) if total else ""
             pools.append(
                 PoolRecord(
-                    f"dp{index}", f"p{number}", region, cloud, draw(st.sampled_from(TIERS)),
-                    model, draw(st.sampled_from([0, 24, 40, 80])) if total else 0, total,
+                    f"dp{index}",
+                    f"p{number}",
+                    region,
+                    cloud,
+                    draw(st.sampled_from(TIERS)),
+                    model,
+                    draw(st.sampled_from([0, 24, 40, 80])) if total else 0,
+                    total,
                     draw(st.just(total) | st.integers(0, total)),
                     draw(st.sampled_from(["", "nvlink"])),
                     draw(st.sampled_from([0.0, 0.25, 1.1, 2.2, 4.1, 6.9])),
@@ -99,8 +105,15 @@ def fleets(draw: st.DrawFn) -> list[DataplaneView]:
 
 
 CONSTRAINTS = [
-    "regions", "clouds", "dataplanes", "gpu_models", "memory", "interconnects", "labels",
-    "latency", "price",
+    "regions",
+    "clouds",
+    "dataplanes",
+    "gpu_models",
+    "memory",
+    "interconnects",
+    "labels",
+    "latency",
+    "price",
 ]
 
 
@@ -334,13 +347,17 @@ def test_with_no_document_applied_only_the_jobs_own_demands_count(
     views: list[DataplaneView], mix: tuple[tuple[JobDemand, int, datetime], ...]
 ) -> None:
     ledger = ledger_for({p.key: p.gpu_free for v in views for p in v.pools}, {})
-    healthy = [p for v in views if v.connected and v.health is DataplaneHealth.HEALTHY
-               for p in v.pools]
+    healthy = [
+        p for v in views if v.connected and v.health is DataplaneHealth.HEALTHY for p in v.pools
+    ]
     for job, _, _ in mix:
         decision = place(job, views, ledger)
         assert (decision.rule, decision.priority) == ("default", 0)
-        room = [p for p in healthy
-                if not forbidden(DEFAULT_POLICY, job, p) and ledger.free(p.key) >= job.gpus]
+        room = [
+            p
+            for p in healthy
+            if not forbidden(DEFAULT_POLICY, job, p) and ledger.free(p.key) >= job.gpus
+        ]
         assert (decision.placement is not None) == bool(room)
         if decision.placement is not None:
             ledger.take(decision.placement, job.gpus)

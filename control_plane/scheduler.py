@@ -84,8 +84,11 @@ class Scheduler:
     async def run(self) -> None:
         """Pass after pass until cancelled; a failing pass is logged and retried."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+            # that arrives as the wake-up fires, and the scheduler then never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.tick()

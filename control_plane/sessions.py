@@ -106,4 +106,5 @@ class SessionHub:
         """Return when the job changes or after timeout_s (watchers also poll)."""
         signal = self._job_signals.setdefault(job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(signal.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see Scheduler.run
+                await signal.wait()

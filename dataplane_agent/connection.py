@@ -172,7 +172,10 @@ class Connection:
     async def _welcome(
         self, call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControlMessage]
     ) -> agent_pb2.Welcome:
-        first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+        # arrives as the awaited call completes, and the agent then never stops.
+        async with asyncio.timeout(WELCOME_TIMEOUT_S):
+            first = await call.read()
         if first is grpc.aio.EOF:
             raise SessionEndedError("the control plane closed the stream before welcoming")
         if not isinstance(first, agent_pb2.ControlMessage) or not first.HasField("welcome"):

@@ -105,7 +105,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Context
     ) -> agent_pb2.Hello:
         try:
-            first = await asyncio.wait_for(anext(aiter(request_iterator)), HELLO_TIMEOUT_S)
+            async with asyncio.timeout(HELLO_TIMEOUT_S):  # see Scheduler.run
+                first = await anext(aiter(request_iterator))
         except (TimeoutError, StopAsyncIteration):
             await refuse(
                 context,

@@ -170,7 +170,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(chunks.get(), LOG_CHUNK_TIMEOUT_S)
+                    async with asyncio.timeout(LOG_CHUNK_TIMEOUT_S):  # see Scheduler.run
+                        chunk = await chunks.get()
                 except TimeoutError:
                     await refuse(
                         context,

@@ -214,11 +214,6 @@ def _new_job(spec: types_pb2.JobSpec, client_key: str) -> NewJob:
         name=spec.name,
         spec=spec_to_json(spec),
         priority=spec.priority,
-        gpus=spec.resources.gpus,
-        gpu_model=spec.resources.gpu_model,
-        min_gpu_memory_gb=spec.resources.min_gpu_memory_gb,
-        pin_dataplane=spec.routing.pin_dataplane,
-        allow_spot=spec.routing.allow_spot if spec.routing.HasField("allow_spot") else None,
         retry_budget=spec.retry_budget if spec.HasField("retry_budget") else DEFAULT_RETRY_BUDGET,
     )
 

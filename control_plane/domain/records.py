@@ -124,9 +124,4 @@ class NewJob:
     name: str
     spec: Mapping[str, Any]
     priority: int
-    gpus: int
-    gpu_model: str
-    min_gpu_memory_gb: int
-    pin_dataplane: str
-    allow_spot: bool | None
     retry_budget: int

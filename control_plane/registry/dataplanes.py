@@ -166,15 +166,6 @@ class DataplaneStore:
             for row in dataplanes
         ]
 
-    async def live_attempts(self, dataplane: str) -> list[AttemptRecord]:
-        async with self._db.read() as session:
-            rows = await session.scalars(
-                sa.select(AttemptRow).where(
-                    AttemptRow.dataplane == dataplane,
-                    AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
-                )
-            )
-            return [attempt_record(row) for row in rows]
 
 
 async def _replace_pools(

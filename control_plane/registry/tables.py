@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -99,12 +98,6 @@ class JobRow(Base):
     phase: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")
     priority: Mapped[int] = mapped_column(default=0)
-    # What the scheduler needs without parsing the spec.
-    gpus: Mapped[int]
-    gpu_model: Mapped[str] = mapped_column(String(64), default="")
-    min_gpu_memory_gb: Mapped[int] = mapped_column(default=0)
-    pin_dataplane: Mapped[str] = mapped_column(String(63), default="")
-    allow_spot: Mapped[bool | None] = mapped_column(Boolean)
     epoch: Mapped[int] = mapped_column(default=0)
     retries_used: Mapped[int] = mapped_column(default=0)
     retry_budget: Mapped[int] = mapped_column(default=0)

@@ -15,6 +15,7 @@ from fleet.v1 import types_pb2
 
 from fleet_cli.local_fleet import LocalFleet
 from fleet_client import FleetClient
+from tests.fleet_waits import wait_until
 
 pytestmark = pytest.mark.e2e
 P = types_pb2
@@ -42,17 +43,6 @@ def pools(name: str, region: str, tier: str) -> dict[str, object]:
             }
         ],
     }
-
-
-def wait_until(check, timeout: float, what: str, fleet: LocalFleet):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        fleet.check_alive()
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_agent_killed_and_restarted_reattaches_and_every_job_ends_once(

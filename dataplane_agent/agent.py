@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from importlib import metadata
 from typing import Any
 
 from dataplane_agent.connection import Connection
+from dataplane_agent.launcher.kube_api import KubeApi, KubeConfigError
+from dataplane_agent.launcher.kubernetes import ClusterSettings, KubernetesLauncher
 from dataplane_agent.launcher.process import ProcessLauncher, WorkdirBusy
 from dataplane_agent.pool_file import PoolFile, PoolFileError, load_pool_file
 from dataplane_agent.settings import AgentSettings
@@ -55,20 +57,14 @@ async def serve(
     stop = stop or asyncio.Event()
     signals = _install_signal_handlers(stop) if handle_signals else []
     connection = Connection(settings, pool_file, agent_version())
-    launcher = ProcessLauncher(
-        settings.workdir, pool_file.dataplane.name, pool_file.gpu_totals(),
-        connection.on_attempt_change, poll_interval_s=settings.poll_interval_s,
-        kill_grace_s=settings.kill_grace_s, retention_s=settings.forgotten_retention_s,
-        store_prefix=pool_file.dataplane.store_prefix,
-    )
+    dataplane = pool_file.dataplane
     try:
-        async with launcher:
-            log.info("agent for dataplane %s (%s, %s) dialing %s",
-                     pool_file.dataplane.name, pool_file.dataplane.region,
-                     pool_file.dataplane.cloud, settings.control_plane)
+        async with _launcher(settings, pool_file, connection) as launcher:
+            log.info("agent for dataplane %s (%s, %s) dialing %s", dataplane.name,
+                     dataplane.region, dataplane.cloud, settings.control_plane)
             log.info("Flyte tasks keep their data under %s", launcher.store_prefix)
             return await _until_stopped(connection.run(launcher), stop)
-    except WorkdirBusy as error:
+    except (WorkdirBusy, KubeConfigError) as error:
         log.error("%s", error)
         return EXIT_FATAL
     except OSError as error:
@@ -81,6 +77,37 @@ async def serve(
         loop = asyncio.get_running_loop()
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+@contextlib.asynccontextmanager
+async def _launcher(
+    settings: AgentSettings, pool_file: PoolFile, connection: Connection
+) -> AsyncIterator[ProcessLauncher | KubernetesLauncher]:
+    """Pods when the pool file has a kubernetes section, local processes otherwise."""
+    dataplane = pool_file.dataplane
+    if pool_file.kubernetes is None:
+        async with ProcessLauncher(
+            settings.workdir, dataplane.name, pool_file.pool_reports(),
+            connection.on_attempt_change, poll_interval_s=settings.poll_interval_s,
+            kill_grace_s=settings.kill_grace_s, retention_s=settings.forgotten_retention_s,
+            store_prefix=dataplane.store_prefix,
+        ) as processes:
+            yield processes
+        return
+    kube = pool_file.kubernetes
+    api = await asyncio.to_thread(KubeApi, settings.kubeconfig)
+    cluster = ClusterSettings(
+        dataplane=dataplane.name, namespace=kube.namespace, rules=kube.node_rules(),
+        store_prefix=dataplane.store_prefix, service_account=kube.service_account,
+        default_image=kube.default_image, image_pull_grace_s=kube.image_pull_grace_s,
+        unschedulable_grace_s=kube.unschedulable_grace_s, kill_grace_s=settings.kill_grace_s,
+    )
+    log.info("launching pods in namespace %s through %s", kube.namespace, api.host)
+    try:
+        async with KubernetesLauncher(api, cluster, connection.on_attempt_change) as pods:
+            yield pods
+    finally:
+        api.close()
 
 
 async def _until_stopped(connection_run: Coroutine[Any, Any, int], stop: asyncio.Event) -> int:

@@ -12,8 +12,8 @@ running attempts go on, and those still running at the drain's deadline are canc
 The drain lasts until the agent process restarts.
 
 Log requests are answered with the last tail_bytes of the attempt's log (1 MiB when 0) in
-LogChunks of at most 64 KiB, the last one with eof; an unknown attempt gets one chunk with
-error and eof. UNAUTHENTICATED and PERMISSION_DENIED end the agent (exit code 1); every
+LogChunks of at most 64 KiB, the last one with eof; an unknown attempt, or a log that cannot
+be read, gets one chunk with error and eof. UNAUTHENTICATED and PERMISSION_DENIED end the agent (exit code 1); every
 other failure is retried.
 """
 
@@ -197,7 +197,7 @@ class Connection:
 
     def _heartbeat(self, launcher: Launcher) -> agent_pb2.AgentMessage:
         self._seq += 1
-        pools = wire.pools(self._pool_file, launcher.pool_usage())
+        pools = wire.pools(self._pool_file, launcher.pools())
         return wire.heartbeat(self._seq, pools, launcher.statuses())
 
     async def _receive(
@@ -280,10 +280,11 @@ class Connection:
         try:
             tail = request.tail_bytes or DEFAULT_LOG_TAIL
             data = await launcher.read_log(request.attempt_id, tail)
-        except UnknownAttempt:
+        except (UnknownAttempt, OSError) as error:
+            problem = (f"unknown attempt {request.attempt_id!r}"
+                       if isinstance(error, UnknownAttempt) else f"cannot read the log: {error}")
             outbox.put_nowait(agent_pb2.AgentMessage(log_chunk=types_pb2.LogChunk(
-                request_id=request.request_id, eof=True,
-                error=f"unknown attempt {request.attempt_id!r}",
+                request_id=request.request_id, eof=True, error=problem,
             )))
             return
         pieces = [data[i : i + LOG_CHUNK_BYTES] for i in range(0, len(data), LOG_CHUNK_BYTES)]

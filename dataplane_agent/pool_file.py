@@ -16,7 +16,26 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from dataplane_agent.domain.capacity import PoolReport
 from dataplane_agent.domain.flyte import is_store_prefix
+from dataplane_agent.domain.kube_nodes import (
+    DEFAULT_SPOT_TOLERATIONS,
+    DEFAULT_TOLERATIONS,
+    RECLAIM_TAINTS,
+    NodeRules,
+    PriceRule,
+    Toleration,
+)
+from dataplane_agent.yaml_nodes import (
+    Loc,
+    field_path,
+    key_node_at,
+    mark,
+    node_at,
+    os_reason,
+    show,
+    yaml_position,
+)
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PURCHASE_TYPES = ("reserved", "on_demand", "spot")
@@ -27,7 +46,7 @@ class PoolFileError(ValueError):
 
 
 def _problem(reason: str, value: object) -> PydanticCustomError:
-    context = {"reason": reason, "got": _show(value)}
+    context = {"reason": reason, "got": show(value)}
     return PydanticCustomError("pool_file", "{reason} (got {got})", context)
 
 
@@ -149,14 +168,98 @@ class PoolConfig(BaseModel):
     labels: Labels = Field(default_factory=dict)
 
 
+def _seconds(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise _problem("must be a number of seconds >= 0", value)
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+OptionalPurchaseType = Annotated[
+    Literal["", "reserved", "on_demand", "spot"],
+    BeforeValidator(lambda v: v if v in ("", None) else _purchase_type(v)),
+]
+
+
+class PriceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    purchase_type: OptionalPurchaseType = ""   # empty: any
+    gpu_model: Text = ""                       # empty: any
+    price_per_gpu_hour: Price
+
+
+class TolerationConfig(BaseModel):
+    """A pod toleration, written as in a pod spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Text = ""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: Text = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+    def toleration(self) -> Toleration:
+        return Toleration(self.key, self.operator, self.value, self.effect)
+
+
+def _tolerations(defaults: tuple[Toleration, ...]) -> list[TolerationConfig]:
+    return [TolerationConfig.model_validate(t.to_json()) for t in defaults]
+
+
+class KubernetesConfig(BaseModel):
+    """The agent launches pods in a cluster; its pools come from the cluster's GPU nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: Name = "fleet-jobs"
+    node_selector: Labels = Field(default_factory=dict)   # only nodes with these labels
+    purchase_type_label: Text = ""    # the admin's label: reserved | on_demand | spot
+    default_purchase_type: PurchaseType = "reserved"
+    prices: list[PriceConfig] = Field(default_factory=list)
+    tolerations: list[TolerationConfig] = Field(
+        default_factory=lambda: _tolerations(DEFAULT_TOLERATIONS))
+    spot_tolerations: list[TolerationConfig] = Field(
+        default_factory=lambda: _tolerations(DEFAULT_SPOT_TOLERATIONS))
+    reclaim_taints: list[Text] = Field(default_factory=list)   # added to the clouds' own
+    service_account: Text = ""        # for pods of jobs that name none
+    default_image: Text = ""          # for jobs that name none
+    image_pull_grace_s: Seconds = 300.0
+    unschedulable_grace_s: Seconds = 600.0
+
+    def node_rules(self) -> NodeRules:
+        return NodeRules(
+            default_purchase_type=self.default_purchase_type,
+            purchase_type_label=self.purchase_type_label,
+            node_selector=dict(self.node_selector),
+            tolerations=tuple(t.toleration() for t in self.tolerations),
+            spot_tolerations=tuple(t.toleration() for t in self.spot_tolerations),
+            reclaim_taints=RECLAIM_TAINTS | frozenset(self.reclaim_taints),
+            prices=tuple(PriceRule(p.price_per_gpu_hour, p.purchase_type, p.gpu_model)
+                         for p in self.prices),
+        )
+
+
 class PoolFile(BaseModel):
+    """Either ``pools`` (the process launcher's fixed pools) or ``kubernetes``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataplane: DataplaneConfig
-    pools: Annotated[list[PoolConfig], Field(min_length=1)]
+    pools: Annotated[list[PoolConfig], Field(min_length=1)] | None = None
+    kubernetes: KubernetesConfig | None = None
 
-    def gpu_totals(self) -> dict[str, int]:
-        return {pool.name: pool.gpu_count for pool in self.pools}
+    def pool_reports(self) -> list[PoolReport]:
+        """The pools as declared, every GPU free (the launcher fills in the free count)."""
+        return [
+            PoolReport(
+                name=pool.name, purchase_type=pool.purchase_type, gpu_model=pool.gpu_model,
+                gpu_memory_gb=pool.gpu_memory_gb, gpu_total=pool.gpu_count,
+                gpu_free=pool.gpu_count, price_per_gpu_hour=pool.price_per_gpu_hour,
+                interconnect=pool.interconnect, labels=dict(pool.labels),
+            )
+            for pool in self.pools or []
+        ]
 
 
 def load_pool_file(path: Path) -> PoolFile:
@@ -164,13 +267,13 @@ def load_pool_file(path: Path) -> PoolFile:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise PoolFileError(f"{path}: cannot read the pool file: {_os_reason(error)}") from error
+        raise PoolFileError(f"{path}: cannot read the pool file: {os_reason(error)}") from error
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as error:
-        where = _yaml_position(error)
+        where = yaml_position(error)
         raise PoolFileError(f"{path}:{where}: invalid YAML: {error.problem}") from error
     except yaml.YAMLError as error:
         raise PoolFileError(f"{path}: invalid YAML: {error}") from error
@@ -178,7 +281,8 @@ def load_pool_file(path: Path) -> PoolFile:
         loader.dispose()
     if root is None or not isinstance(data, dict):
         raise PoolFileError(
-            f"{path}:1:1: the pool file must be a YAML mapping with the keys dataplane and pools"
+            f"{path}:1:1: the pool file must be a YAML mapping with the keys dataplane and "
+            "pools (or kubernetes)"
         )
     _check_duplicate_keys(path, root, ())
     try:
@@ -192,39 +296,43 @@ def load_pool_file(path: Path) -> PoolFile:
 
 # -- messages -----------------------------------------------------------------------------------
 
-Loc = tuple[int | str, ...]
-
-
 def _describe(path: Path, root: yaml.Node, error: ErrorDetails) -> str:
     loc: Loc = tuple(part for part in error["loc"] if isinstance(part, int | str))
     kind = error["type"]
     message = error["msg"]
     if kind == "missing":
-        node = _node_at(root, loc[:-1])
+        node = node_at(root, loc[:-1])
         message = "required field is missing"
     elif kind == "extra_forbidden":
-        node = _key_node_at(root, loc) or _node_at(root, loc)
+        node = key_node_at(root, loc) or node_at(root, loc)
         message = "unknown field"
     else:
-        node = _node_at(root, loc)
+        node = node_at(root, loc)
         message = _reason(kind, message, error.get("input"))
-    return f"{path}:{_mark(node)}: {_field_path(loc) or '(top level)'}: {message}"
+    return f"{path}:{mark(node)}: {field_path(loc) or '(top level)'}: {message}"
 
 
 def _reason(kind: str, default: str, value: object) -> str:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"must be a mapping (got {_show(value)})"
+        return f"must be a mapping (got {show(value)})"
     if kind == "list_type":
-        return f"must be a list (got {_show(value)})"
+        return f"must be a list (got {show(value)})"
     if kind == "too_short":
         return "must list at least one pool"
     return default
 
 
 def _check_pools(path: Path, root: yaml.Node, pool_file: PoolFile) -> None:
-    """Rules across fields: a GPU pool names its model; pool names are unique."""
+    """Rules across fields: pools or kubernetes, not both; a GPU pool names its model;
+    pool names are unique."""
+    if pool_file.pools is None and pool_file.kubernetes is None:
+        _fail(path, root, (), "needs either pools (fixed pools, local processes) or "
+              "kubernetes (pools from the cluster's GPU nodes)")
+    if pool_file.pools is not None and pool_file.kubernetes is not None:
+        _fail(path, root, ("kubernetes",), "cannot be set with pools: on Kubernetes the pools "
+              "come from the cluster's GPU nodes")
     first_at: dict[str, int] = {}
-    for index, pool in enumerate(pool_file.pools):
+    for index, pool in enumerate(pool_file.pools or []):
         if pool.gpu_count > 0 and not pool.gpu_model.strip():
             _fail(path, root, ("pools", index, "gpu_model"),
                   "must be set when gpu_count > 0 (a CPU pool has gpu_count 0)")
@@ -235,7 +343,8 @@ def _check_pools(path: Path, root: yaml.Node, pool_file: PoolFile) -> None:
 
 
 def _fail(path: Path, root: yaml.Node, loc: Loc, reason: str) -> NoReturn:
-    raise PoolFileError(f"{path}:{_mark(_node_at(root, loc))}: {_field_path(loc)}: {reason}")
+    where = field_path(loc) or "(top level)"
+    raise PoolFileError(f"{path}:{mark(node_at(root, loc))}: {where}: {reason}")
 
 
 def _check_duplicate_keys(path: Path, node: yaml.Node, loc: Loc) -> None:
@@ -244,75 +353,10 @@ def _check_duplicate_keys(path: Path, node: yaml.Node, loc: Loc) -> None:
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                where = _mark(key_node)
-                raise PoolFileError(f"{path}:{where}: {_field_path((*loc, key))}: duplicate key")
+                where = mark(key_node)
+                raise PoolFileError(f"{path}:{where}: {field_path((*loc, key))}: duplicate key")
             seen.add(key)
             _check_duplicate_keys(path, value_node, (*loc, key))
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _check_duplicate_keys(path, item, (*loc, index))
-
-
-# -- from a pydantic location to a YAML node ------------------------------------------------------
-
-
-def _node_at(root: yaml.Node, loc: Loc) -> yaml.Node:
-    """The deepest node along loc (the parent when the rest of the path does not exist)."""
-    node = root
-    for part in loc:
-        child = _child(node, part)
-        if child is None:
-            break
-        node = child
-    return node
-
-
-def _key_node_at(root: yaml.Node, loc: Loc) -> yaml.Node | None:
-    parent = _node_at(root, loc[:-1])
-    if isinstance(parent, yaml.MappingNode):
-        for key_node, _value in parent.value:
-            if key_node.value == loc[-1]:
-                return key_node  # type: ignore[no-any-return]
-    return None
-
-
-def _child(node: yaml.Node, part: int | str) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-        for key_node, value_node in node.value:
-            if key_node.value == part:
-                return value_node  # type: ignore[no-any-return]
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        return node.value[part]  # type: ignore[no-any-return]
-    return None
-
-
-def _mark(node: yaml.Node) -> str:
-    return f"{node.start_mark.line + 1}:{node.start_mark.column + 1}"
-
-
-def _yaml_position(error: yaml.MarkedYAMLError) -> str:
-    mark = error.problem_mark or error.context_mark
-    return "1:1" if mark is None else f"{mark.line + 1}:{mark.column + 1}"
-
-
-def _field_path(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict | list):
-        return yaml.safe_dump(value, default_flow_style=True, width=80).strip()
-    return str(value)
-
-
-def _os_reason(error: Exception) -> str:
-    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-
-

@@ -12,6 +12,8 @@ class AgentSettings:
     pools_file: Path              # YAML: the dataplane and its GPU pools
     join_token: str
     workdir: Path                 # one folder per attempt lives under workdir/attempts
+    # The cluster of a kubernetes pool file; None: in-cluster, else $KUBECONFIG or ~/.kube/config.
+    kubeconfig: Path | None = None
     # Reconnect backoff: exponential from min to max seconds, with full jitter.
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 10.0

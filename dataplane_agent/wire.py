@@ -11,7 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dataplane_agent.domain.attempt import AttemptStatus, Phase
-from dataplane_agent.domain.capacity import PoolUsage
+from dataplane_agent.domain.capacity import PoolReport
 from dataplane_agent.launcher.base import LaunchRequest
 from dataplane_agent.pool_file import PoolFile
 
@@ -21,6 +21,7 @@ PHASES = {
     Phase.SUCCEEDED: types_pb2.ATTEMPT_PHASE_SUCCEEDED,
     Phase.FAILED: types_pb2.ATTEMPT_PHASE_FAILED,
     Phase.CANCELLED: types_pb2.ATTEMPT_PHASE_CANCELLED,
+    Phase.PREEMPTED: types_pb2.ATTEMPT_PHASE_PREEMPTED,
     Phase.LOST: types_pb2.ATTEMPT_PHASE_LOST,
 }
 
@@ -59,18 +60,17 @@ def attempt_status(status: AttemptStatus) -> agent_pb2.AttemptStatus:
     return message
 
 
-def pools(pool_file: PoolFile, usage: Sequence[PoolUsage]) -> list[types_pb2.Pool]:
-    free = {pool.name: pool.free for pool in usage}
+def pools(pool_file: PoolFile, reports: Sequence[PoolReport]) -> list[types_pb2.Pool]:
     dataplane = pool_file.dataplane
     return [
         types_pb2.Pool(
-            name=pool.name, region=dataplane.region, cloud=dataplane.cloud,
+            name=pool.name, region=pool.region or dataplane.region, cloud=dataplane.cloud,
             purchase_type=PURCHASE_TYPES[pool.purchase_type], gpu_model=pool.gpu_model,
-            gpu_memory_gb=pool.gpu_memory_gb, gpu_total=pool.gpu_count,
-            gpu_free=free.get(pool.name, pool.gpu_count), interconnect=pool.interconnect,
-            price_per_gpu_hour=pool.price_per_gpu_hour, labels=pool.labels,
+            gpu_memory_gb=pool.gpu_memory_gb, gpu_total=pool.gpu_total,
+            gpu_free=pool.gpu_free, interconnect=pool.interconnect,
+            price_per_gpu_hour=pool.price_per_gpu_hour, labels=dict(pool.labels),
         )
-        for pool in pool_file.pools
+        for pool in reports
     ]
 
 

@@ -1,6 +1,7 @@
 """`fleet`: the one command line of flyte-fleet.
 
     fleet control-plane ...      run the control plane
+    fleet migrate --db URL       apply the database migrations (a deployment's migration job)
     fleet agent ...              run a dataplane agent
     fleet jobs submit|get|list|cancel|watch|logs|explain
     fleet dataplanes list
@@ -112,6 +113,7 @@ def global_option_values(
 def _register_commands(root: typer.Typer) -> None:
     # One line per command module; `fleet demo` (fleet_cli/demo.py) is added here.
     root.command("control-plane")(roles.control_plane)
+    root.command("migrate")(roles.migrate)
     root.command("agent")(roles.agent)
     root.add_typer(jobs.app, name="jobs")
     root.add_typer(dataplanes.app, name="dataplanes")

@@ -1,4 +1,4 @@
-"""`fleet control-plane` and `fleet agent`: run one of the fleet's services in this process.
+"""`fleet control-plane`, `fleet migrate` and `fleet agent`: run one of the fleet's roles.
 
 Each deployable is imported inside its command, so that an agent-only install (without
 SQLAlchemy) still runs `fleet agent` and the client commands.
@@ -6,6 +6,7 @@ SQLAlchemy) still runs `fleet agent` and the client commands.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from control_plane import ServiceInstaller
 
 JOIN_TOKEN_ENV = "FLEET_JOIN_TOKEN"
+# So that a Kubernetes Secret can supply the URL (it holds the password) to the control
+# plane and to the migration Job alike.
+DATABASE_URL_ENV = "FLEET_DATABASE_URL"
 
 
 class LogLevel(StrEnum):
@@ -67,6 +71,7 @@ def control_plane(
     db: Annotated[
         str | None,
         typer.Option(
+            envvar=DATABASE_URL_ENV,
             metavar="URL",
             help="sqlite+aiosqlite:///fleet.db (default) or postgresql+psycopg://...",
             show_default=False,
@@ -141,11 +146,88 @@ def control_plane(
             f"({settings.stale_after_s:g}s) < lost after ({settings.lost_after_s:g}s)",
             param_hint="'--heartbeat-interval' / '--stale-after' / '--lost-after'",
         )
+    if db is not None:
+        _check_database_url(db)
     _configure_logging(log_level)
     extra_services: list[ServiceInstaller] = []
     if flyte_connector:
         extra_services.append(_flyte_connector_installer(settings.listen))
     serve(settings, extra_services)
+
+
+def _check_database_url(url: str) -> None:
+    """A URL the registry cannot use is a usage error (exit 2), before anything starts."""
+    from control_plane.registry import DatabaseUrlError, redact
+    from control_plane.registry.database import normalize_url
+
+    try:
+        normalize_url(url)
+    except DatabaseUrlError as error:
+        # The URL usually comes from a Secret: never print its password in a pod's log.
+        try:
+            shown = redact(url)
+        except Exception:
+            shown = "..."
+        raise typer.BadParameter(
+            f"{str(error).replace(url, shown)} "
+            "(use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)",
+            param_hint="'--db'",
+        ) from None
+
+
+def migrate(
+    db: Annotated[
+        str,
+        typer.Option(
+            envvar=DATABASE_URL_ENV,
+            metavar="URL",
+            help="The database to migrate: sqlite:///PATH or postgresql+psycopg://...",
+            show_default=False,
+        ),
+    ],
+    log_level: LogLevelOption = LogLevel.info,
+) -> None:
+    """Apply the database migrations (alembic upgrade head) and print the revision reached.
+
+    Production runs this once per upgrade (a Kubernetes Job) and starts the control plane
+    with --no-migrate. Running it again on an up-to-date database changes nothing.
+    """
+    from control_plane.registry import redact
+    from control_plane.registry.database import normalize_url
+
+    _check_database_url(db)
+    _configure_logging(log_level)
+
+    shown = redact(normalize_url(db))
+    try:
+        revision = asyncio.run(_migrate(db))
+    except Exception as error:
+        # Unreachable server, wrong password, a schema newer than this code: one line with
+        # the reason, exit 1 (the operation failed), as the other commands do.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        typer.echo(f"error: cannot migrate {shown}: {reason}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{shown}: schema at revision {revision}")
+
+
+async def _migrate(url: str) -> str:
+    """Upgrade to head with the control plane's own code, then read back alembic_version."""
+    from alembic.runtime.migration import MigrationContext
+
+    from control_plane.registry import Database
+
+    database = Database(url)
+    try:
+        await database.migrate()
+        async with database.engine.connect() as connection:
+            revision = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    finally:
+        await database.close()
+    if revision is None:
+        raise RuntimeError("no revision recorded after the upgrade")
+    return revision
 
 
 def _flyte_connector_installer(listen: str) -> ServiceInstaller:
@@ -180,7 +262,8 @@ def agent(
             dir_okay=False,
             readable=True,
             metavar="FILE",
-            help="YAML: this dataplane and its GPU pools.",
+            help="YAML: this dataplane and its GPU pools (or a kubernetes section: pools "
+            "from the cluster's GPU nodes, one pod per attempt).",
             show_default=False,
         ),
     ],
@@ -188,6 +271,18 @@ def agent(
     workdir: Annotated[
         Path, typer.Option(metavar="DIR", help="Holds one folder per attempt.")
     ] = Path("fleet-agent"),
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="The cluster, for a kubernetes pool file (default: the in-cluster service "
+            "account, else $KUBECONFIG or ~/.kube/config).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Run a dataplane agent: dial the control plane, report capacity, launch its jobs."""
@@ -195,7 +290,8 @@ def agent(
     from dataplane_agent.settings import AgentSettings
 
     settings = AgentSettings(
-        control_plane=control_plane, pools_file=pools, join_token=join_token, workdir=workdir
+        control_plane=control_plane, pools_file=pools, join_token=join_token, workdir=workdir,
+        kubeconfig=kubeconfig,
     )
     _configure_logging(log_level)
     exit_code: int = run_agent(settings)

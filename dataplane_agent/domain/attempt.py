@@ -52,6 +52,7 @@ class Phase(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PREEMPTED = "preempted"   # capacity taken away (spot reclaim): the control plane retries free
     LOST = "lost"
 
     @property

@@ -10,7 +10,7 @@ An attempt that wants no GPUs starts at once: it cannot delay anyone.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,26 @@ class PoolUsage:
     name: str
     total: int
     free: int
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """A GPU pool as a heartbeat describes it: what it is, and how many GPUs are free.
+
+    The process launcher's pools come from the pool file; the Kubernetes launcher derives
+    them from the cluster's nodes, so they come and go with the nodes.
+    """
+
+    name: str
+    purchase_type: str          # reserved | on_demand | spot
+    gpu_model: str
+    gpu_memory_gb: int
+    gpu_total: int
+    gpu_free: int
+    price_per_gpu_hour: float = 0.0
+    interconnect: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    region: str = ""            # empty: the dataplane's region
 
 
 def free_devices(total: int, holdings: Iterable[Holding], pool: str) -> list[int]:

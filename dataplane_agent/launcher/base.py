@@ -1,5 +1,5 @@
-"""What the connection needs from a launcher; the process launcher is one implementation,
-a Kubernetes launcher will be another."""
+"""What the connection needs from a launcher: the process launcher (local processes) and
+the Kubernetes launcher (one pod per attempt) implement it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dataplane_agent.domain.attempt import AttemptStatus
-from dataplane_agent.domain.capacity import PoolUsage
+from dataplane_agent.domain.capacity import PoolReport
 
 # Attempt ids become folder (and later pod) names: keep them to safe file names.
 ATTEMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -85,7 +85,8 @@ class Launcher(Protocol):
         """Every attempt held and not forgotten."""
         ...
 
-    def pool_usage(self) -> list[PoolUsage]:
+    def pools(self) -> list[PoolReport]:
+        """Every pool of this dataplane with its free GPUs, as the next heartbeat reports."""
         ...
 
     def knows(self, attempt_id: str) -> bool:

@@ -24,8 +24,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +40,7 @@ from dataplane_agent.domain.attempt import (
 )
 from dataplane_agent.domain.capacity import (
     Holding,
-    PoolUsage,
+    PoolReport,
     Waiting,
     admit,
     pool_problem,
@@ -106,7 +106,7 @@ class ProcessLauncher:
         self,
         workdir: Path,
         dataplane: str,
-        pools: Mapping[str, int],
+        pools: Sequence[PoolReport],
         on_change: StatusListener | None = None,
         *,
         poll_interval_s: float = 0.25,
@@ -119,7 +119,8 @@ class ProcessLauncher:
         # Staged attempts keep their data under the store prefix (any fsspec URL).
         self._tasks = FlyteTasks(store_prefix or str(workdir / "store"))
         self._dataplane = dataplane
-        self._pools = dict(pools)
+        self._reports = list(pools)
+        self._pools = {pool.name: pool.gpu_total for pool in pools}
         self._on_change = on_change
         self._poll_interval_s = poll_interval_s
         self._kill_grace_s = kill_grace_s
@@ -244,8 +245,9 @@ class ProcessLauncher:
     def statuses(self) -> list[AttemptStatus]:
         return [held.status() for held in self._in_order() if not held.forgotten]
 
-    def pool_usage(self) -> list[PoolUsage]:
-        return pool_usage(self._pools, self._holdings(), self._waiting())
+    def pools(self) -> list[PoolReport]:
+        usage = {u.name: u for u in pool_usage(self._pools, self._holdings(), self._waiting())}
+        return [replace(report, gpu_free=usage[report.name].free) for report in self._reports]
 
     def knows(self, attempt_id: str) -> bool:
         return attempt_id in self._held

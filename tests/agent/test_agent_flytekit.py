@@ -11,6 +11,7 @@ from flyteidl.core import literals_pb2
 
 from dataplane_agent.domain.attempt import AttemptStatus, Phase
 from dataplane_agent.launcher import LaunchRequest, ProcessLauncher
+from tests.agent.pools import CPU_ONLY
 
 Eventually = Callable[[Callable[[], object], str], Awaitable[None]]
 
@@ -82,7 +83,7 @@ async def test_real_flytekit_tasks_run_on_staged_inputs_and_report_outputs_or_er
         task_request("exploded", "explode", code, int_inputs(x=1)),
         task_request("greeted", "greet", code, b""),   # no inputs: an empty LiteralMap
     ]
-    async with ProcessLauncher(workdir, "eu", {"cpu": 0}, poll_interval_s=0.05,
+    async with ProcessLauncher(workdir, "eu", CPU_ONLY, poll_interval_s=0.05,
                                store_prefix=str(tmp_path / "store")) as launcher:
         for request in requests:   # all three at once: pyflyte-execute takes a second or two
             await launcher.launch(request)

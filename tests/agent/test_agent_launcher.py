@@ -20,11 +20,12 @@ from dataplane_agent.launcher import (
     UnknownAttempt,
     WorkdirBusy,
 )
+from tests.agent.pools import fixed_pools
 
 # The `eventually` fixture of conftest.py: wait until check() is truthy.
 Eventually = Callable[[Callable[[], object], str], Awaitable[None]]
 
-POOLS = {"h100": 3, "cpu": 0}
+POOLS = fixed_pools({"h100": 3, "cpu": 0})
 
 
 class Recorder:
@@ -282,7 +283,7 @@ async def test_an_attempt_waits_for_gpus_of_its_pool_and_starts_when_others_end(
     assert (waiting.phase, waiting.message) == (Phase.STARTING, "waiting for 2 GPUs in pool h100")
     # The 1 GPU left over is promised to nobody, but the waiting attempt's 2 count as
     # taken: the control plane must not place more here.
-    assert [(p.name, p.total, p.free) for p in launcher.pool_usage()] == [
+    assert [(p.name, p.gpu_total, p.gpu_free) for p in launcher.pools()] == [
         ("h100", 3, 0), ("cpu", 0, 0)
     ]
 
@@ -290,7 +291,7 @@ async def test_an_attempt_waits_for_gpus_of_its_pool_and_starts_when_others_end(
 
     await eventually(lambda: phase_of(launcher, "second") == Phase.SUCCEEDED, "second done")
     assert await launcher.read_log("second", 100) == b"cuda=0,1\n"
-    assert [(p.name, p.free) for p in launcher.pool_usage()] == [("h100", 3), ("cpu", 0)]
+    assert [(p.name, p.gpu_free) for p in launcher.pools()] == [("h100", 3), ("cpu", 0)]
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,9 @@ def test_a_valid_file_loads(tmp_path: Path) -> None:
     assert (h100.gpu_memory_gb, h100.gpu_count, h100.price_per_gpu_hour) == (80, 8, 2.5)
     assert (h100.interconnect, h100.labels) == ("nvlink", {"rack": "12"})
     assert (cpu.gpu_count, cpu.gpu_model, cpu.price_per_gpu_hour) == (0, "", 0.0)
-    assert pool_file.gpu_totals() == {"h100": 8, "cpu": 0}
+    assert [(p.name, p.gpu_total, p.gpu_free) for p in pool_file.pool_reports()] == [
+        ("h100", 8, 8), ("cpu", 0, 0)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -130,10 +132,12 @@ def test_yaml_syntax_errors_carry_the_yaml_mark(tmp_path: Path) -> None:
 
 def test_a_file_that_is_not_a_mapping(tmp_path: Path) -> None:
     assert error_of(tmp_path, "- just\n- a list\n") == (
-        "pools.yaml:1:1: the pool file must be a YAML mapping with the keys dataplane and pools"
+        "pools.yaml:1:1: the pool file must be a YAML mapping with the keys dataplane and "
+        "pools (or kubernetes)"
     )
     assert error_of(tmp_path, "") == (
-        "pools.yaml:1:1: the pool file must be a YAML mapping with the keys dataplane and pools"
+        "pools.yaml:1:1: the pool file must be a YAML mapping with the keys dataplane and "
+        "pools (or kubernetes)"
     )
 
 

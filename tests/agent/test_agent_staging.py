@@ -15,6 +15,7 @@ from flyteidl.core import errors_pb2, execution_pb2, literals_pb2
 from dataplane_agent import wire
 from dataplane_agent.domain.attempt import AttemptStatus, Phase
 from dataplane_agent.launcher import LaunchRequest, ProcessLauncher
+from tests.agent.pools import CPU_ONLY
 
 Eventually = Callable[[Callable[[], object], str], Awaitable[None]]
 
@@ -109,7 +110,7 @@ class Recorder:
 
 
 def new_launcher(workdir: Path, store: str, recorder: Recorder | None = None) -> ProcessLauncher:
-    return ProcessLauncher(workdir, "eu", {"cpu": 0}, recorder, poll_interval_s=0.05,
+    return ProcessLauncher(workdir, "eu", CPU_ONLY, recorder, poll_interval_s=0.05,
                            kill_grace_s=1.0, store_prefix=store)
 
 

@@ -13,8 +13,8 @@ The drain lasts until the agent process restarts.
 
 Log requests are answered with the last tail_bytes of the attempt's log (1 MiB when 0) in
 LogChunks of at most 64 KiB, the last one with eof; an unknown attempt, or a log that cannot
-be read, gets one chunk with error and eof. UNAUTHENTICATED and PERMISSION_DENIED end the agent (exit code 1); every
-other failure is retried.
+be read, gets one chunk with error and eof. UNAUTHENTICATED and PERMISSION_DENIED end the
+agent (exit code 1); every other failure is retried.
 """
 
 from __future__ import annotations

@@ -95,6 +95,10 @@ def submit(
         ),
     ] = None,
     image: Annotated[str, typer.Option(help="Container image.")] = "",
+    service_account: Annotated[
+        str,
+        typer.Option(metavar="NAME", help="Kubernetes service account of the job's pod."),
+    ] = "",
     client_key: Annotated[
         str, typer.Option(help="Idempotency key: a second submit returns the same job.")
     ] = "",
@@ -116,6 +120,7 @@ def submit(
         pin=pin,
     )
     spec.image = image
+    spec.service_account = service_account
     spec.command.extend(command)
     spec.env.update(parsed_pairs(env or [], parse.parse_env_var, "--env"))
     spec.resources.cpu_millis = cpu

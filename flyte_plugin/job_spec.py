@@ -102,6 +102,7 @@ def build_submission(
             pin_dataplane=hints.pin_dataplane,
         ),
         priority=hints.priority,
+        service_account=_service_account(template, metadata),
         # Flyte owns retries: a failure ends the job, and Flyte decides whether to try again.
         retry_budget=0,
         inputs=inputs.to_flyte_idl().SerializeToString() if inputs is not None else b"",
@@ -110,6 +111,16 @@ def build_submission(
     if isinstance(timeout, timedelta) and timeout > timedelta(0):
         spec.timeout.FromTimedelta(timeout)
     return Submission(spec, key)
+
+
+def _service_account(template: TaskTemplate, metadata: TaskExecutionMetadata | None) -> str:
+    """The execution's Kubernetes service account (Flyte's launch plan or --service-account),
+    else the task's own security context; empty: the dataplane's default."""
+    if metadata is not None and metadata.k8s_service_account:
+        return str(metadata.k8s_service_account)
+    context = template.security_context
+    run_as = context.run_as if context is not None else None
+    return str(run_as.k8s_service_account or "") if run_as is not None else ""
 
 
 def _platform_env(metadata: TaskExecutionMetadata | None) -> dict[str, str]:

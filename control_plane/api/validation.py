@@ -10,6 +10,7 @@ import re
 from fleet.v1 import types_pb2
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
@@ -55,6 +56,13 @@ def spec_problems(spec: types_pb2.JobSpec, client_key: str) -> list[str]:
             problems.append(f"spec.labels: {key!r} is not a valid label key")
         if len(value) > 63:
             problems.append(f"spec.labels[{key}]: value longer than 63 characters")
+    if spec.service_account and (
+        len(spec.service_account) > 253 or not DNS_SUBDOMAIN.match(spec.service_account)
+    ):
+        problems.append(
+            f"spec.service_account: {spec.service_account!r} is not a valid Kubernetes name "
+            "(lowercase letters, digits, '-' and '.', at most 253)"
+        )
     gpus = spec.resources.gpus
     if gpus > MAX_GPUS:
         problems.append(f"resources.gpus: {gpus} is more than {MAX_GPUS}")

@@ -9,6 +9,7 @@ translated here into :class:`KubeError` (the server answered with a Status) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -70,9 +71,12 @@ class WatchStream:
 
     def close(self) -> None:
         shutdown = getattr(self._response, "shutdown", None)
-        if shutdown is not None:
-            shutdown()     # unblocks a read in progress in another thread
-        self._response.close()
+        # shutdown unblocks a read in progress in another thread; it refuses (ValueError)
+        # when the connection is gone already.
+        with contextlib.suppress(ValueError, OSError):
+            if shutdown is not None:
+                shutdown()
+            self._response.close()
 
 
 class KubeApi:

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 READ_GIVE_UP_S = 120.0
 LOG_LINE_GUESS_BYTES = 32      # the log API cuts by lines; ask for enough lines, then slice
 MAX_LOG_TAIL = 16 * 1024 * 1024
+MAX_DELETED_NODES = 1000
 # Pods bound to a node and not ended: the ones that use its GPUs right now.
 BOUND_LIVE_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 
@@ -133,6 +134,7 @@ class KubernetesLauncher:
         self._attempts: dict[str, _Attempt] = {}
         self._order = 0
         self._nodes: dict[str, GpuNode] = {}
+        self._deleted_nodes: dict[str, GpuNode] = {}   # the last view of nodes now gone
         self._pools: dict[str, Pool] = {}
         self._synced = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -368,7 +370,11 @@ class KubernetesLauncher:
     def _on_node(self, kind: str, node: dict[str, Any]) -> None:
         name = str((node.get("metadata") or {}).get("name", ""))
         if kind == "DELETED":
-            self._nodes.pop(name, None)
+            gone = self._nodes.pop(name, None)
+            if gone is not None:
+                self._deleted_nodes[name] = gone
+                while len(self._deleted_nodes) > MAX_DELETED_NODES:
+                    del self._deleted_nodes[next(iter(self._deleted_nodes))]
         else:
             self._nodes[name] = read_node(node, self._settings.rules)
         if self._synced:
@@ -426,7 +432,7 @@ class KubernetesLauncher:
         facts = PodFacts(
             pod=pod, now=datetime.now(UTC), cancel_reason=attempt.cancel_reason,
             node_reclaimed=bool(node_name) and (node is None or node.reclaiming),
-            node_spot=self._node_is_spot(attempt, node),
+            node_spot=self._node_is_spot(node_name),
             staged=bool(attempt.identity.attempt_prefix), task_result=attempt.task_result,
             image_pull_grace_s=settings.image_pull_grace_s,
             unschedulable_grace_s=settings.unschedulable_grace_s,
@@ -448,11 +454,9 @@ class KubernetesLauncher:
         if announce:
             self._announce(attempt)
 
-    def _node_is_spot(self, attempt: _Attempt, node: GpuNode | None) -> bool:
-        if node is not None:
-            return node.purchase_type == "spot"
-        pool = self._pools.get(attempt.identity.pool)   # the node is gone: ask its pool
-        return pool is not None and pool.key.purchase_type == "spot"
+    def _node_is_spot(self, node_name: str) -> bool:
+        node = self._nodes.get(node_name) or self._deleted_nodes.get(node_name)
+        return node is not None and node.purchase_type == "spot"
 
     def _announce(self, attempt: _Attempt) -> None:
         if self._on_change is not None and not attempt.forgotten:

@@ -59,6 +59,7 @@ class RequestRecord:
     method: str
     path: str
     code: int
+    user_agent: str
 
 
 @dataclass(frozen=True)
@@ -467,6 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.command,
             self.path,
             code,
+            self.headers.get("User-Agent", ""),
         )
         self.fake.requests.append(record)
 

@@ -320,8 +320,16 @@ class Store:
         if meta.get("resourceVersion") not in (None, "", old["metadata"]["resourceVersion"]):
             raise rules.conflict(kind.resource, name, rules.STALE)
         if status_only:
+            # Like the real status strategies: spec and ownerReferences stay, status and the
+            # rest of the metadata (labels, annotations, finalizers) come from the body.
             new = copy.deepcopy(old)
             new["status"] = copy.deepcopy(body.get("status") or {})
+            for key in ("labels", "annotations", "finalizers"):
+                if key in meta:
+                    new["metadata"][key] = copy.deepcopy(meta[key])
+                else:
+                    new["metadata"].pop(key, None)
+            self._validate(kind, new)
         else:
             new = copy.deepcopy(body) | {"kind": kind.kind, "apiVersion": "v1"}
             new["metadata"] = new.get("metadata") or {}

@@ -260,6 +260,7 @@ class JobSpec(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_BUDGET_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     domain: _builtins.str
     name: _builtins.str
@@ -271,6 +272,10 @@ class JobSpec(_message.Message):
     inputs: _builtins.bytes
     """A serialized flyteidl.core.LiteralMap: the task's input values and URIs, never the data
     behind them. The agent stages it as inputs.pb in its own region's store.
+    """
+    service_account: _builtins.str
+    """The Kubernetes service account the job's pod runs as (the dataplane's default if empty);
+    the process launcher ignores it.
     """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -302,10 +307,11 @@ class JobSpec(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retry_budget: _builtins.int | None = ...,
         inputs: _builtins.bytes = ...,
+        service_account: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget", "resources", b"resources", "retry_budget", b"retry_budget", "routing", b"routing", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget", "command", b"command", "domain", b"domain", "env", b"env", "image", b"image", "inputs", b"inputs", "labels", b"labels", "name", b"name", "priority", b"priority", "project", b"project", "resources", b"resources", "retry_budget", b"retry_budget", "routing", b"routing", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget", "command", b"command", "domain", b"domain", "env", b"env", "image", b"image", "inputs", b"inputs", "labels", b"labels", "name", b"name", "priority", b"priority", "project", b"project", "resources", b"resources", "retry_budget", b"retry_budget", "routing", b"routing", "service_account", b"service_account", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__retry_budget: _TypeAlias = _typing.Literal["retry_budget"]  # noqa: Y015
     _WhichOneofArgType__retry_budget: _TypeAlias = _typing.Literal["_retry_budget", b"_retry_budget"]  # noqa: Y015

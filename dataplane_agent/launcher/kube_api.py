@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["pods", "nodes"]
 REQUEST_TIMEOUT_S = 30.0
+USER_AGENT = "flyte-fleet-agent"
 
 
 class KubeError(OSError):
@@ -99,6 +100,8 @@ class KubeApi:
                                   ) from error
         self.host = str(configuration.host)
         self._client = client.ApiClient(configuration)
+        # Names the agent in the API server's audit log.
+        self._client.user_agent = USER_AGENT
         self._core = client.CoreV1Api(self._client)
 
     def close(self) -> None:

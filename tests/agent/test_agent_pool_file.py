@@ -187,3 +187,87 @@ def test_a_bad_store_prefix_names_line_column_and_reason(
     assert error_of(tmp_path, with_store_prefix(prefix)) == (
         f"pools.yaml:6:17: dataplane.store_prefix: {reason}"
     )
+
+
+KUBERNETES = """\
+dataplane:
+  name: gke-us-central1
+  region: us-central1
+  cloud: gcp
+  store_prefix: /srv/fleet-store
+kubernetes:
+  namespace: fleet-jobs
+  default_purchase_type: on_demand
+  node_selector: {cloud.google.com/gke-nodepool: gpu}
+  prices:
+    - {purchase_type: spot, gpu_model: A100, price_per_gpu_hour: 1.10}
+    - {gpu_model: A100, price_per_gpu_hour: 3.67}
+  tolerations:
+    - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+  reclaim_taints: [example.com/going-away]
+  service_account: trainer
+  default_image: ghcr.io/acme/train:1
+  unschedulable_grace_s: 120
+"""
+
+
+def test_a_kubernetes_section_replaces_the_pools(tmp_path: Path) -> None:
+    pool_file = load_pool_file(write(tmp_path, KUBERNETES))
+
+    assert pool_file.pools is None and pool_file.pool_reports() == []
+    kube = pool_file.kubernetes
+    assert kube is not None
+    assert (kube.namespace, kube.service_account, kube.default_image) == (
+        "fleet-jobs", "trainer", "ghcr.io/acme/train:1")
+    assert (kube.image_pull_grace_s, kube.unschedulable_grace_s) == (300.0, 120.0)
+    rules = kube.node_rules()
+    assert rules.default_purchase_type == "on_demand"
+    assert rules.node_selector == {"cloud.google.com/gke-nodepool": "gpu"}
+    assert (rules.price("spot", "A100"), rules.price("on_demand", "A100"),
+            rules.price("spot", "H100")) == (1.10, 3.67, 0.0)
+    assert [(t.key, t.operator, t.effect) for t in rules.tolerations] == [
+        ("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert "example.com/going-away" in rules.reclaim_taints
+    assert "aws-node-termination-handler/spot-itn" in rules.reclaim_taints   # kept
+    # Not given: the clouds' spot taints are tolerated on spot pools.
+    assert ("cloud.google.com/gke-spot", "true") in {
+        (t.key, t.value) for t in rules.spot_tolerations}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("kubernetes:\n", "pools: []\nkubernetes:\n",
+         "pools.yaml:6:8: pools: must list at least one pool"),
+        ("  namespace: fleet-jobs\n", "  namespace: Fleet_Jobs\n",
+         "pools.yaml:7:14: kubernetes.namespace: must be a DNS-1123 label"),
+        ("operator: Exists", "operator: Maybe",
+         "pools.yaml:14:39: kubernetes.tolerations[0].operator: Input should be 'Exists' or "
+         "'Equal'"),
+        ("  unschedulable_grace_s: 120\n", "  unschedulable_grace_s: soon\n",
+         "pools.yaml:18:26: kubernetes.unschedulable_grace_s: must be a number of seconds >= 0 "
+         "(got 'soon')"),
+        ("  default_image:", "  image:",
+         "pools.yaml:17:3: kubernetes.image: unknown field"),
+        ("    - {gpu_model: A100, price_per_gpu_hour: 3.67}\n",
+         "    - {gpu_model: A100, price_per_gpu_hour: 3.67, purchase_type: cheap}\n",
+         "pools.yaml:12:66: kubernetes.prices[1].purchase_type: must be one of reserved, "
+         "on_demand, spot (got 'cheap')"),
+    ],
+)
+def test_a_bad_kubernetes_section_names_line_and_field(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in KUBERNETES
+    assert error_of(tmp_path, KUBERNETES.replace(old, new)).startswith(expected)
+
+
+def test_pools_and_kubernetes_exclude_each_other(tmp_path: Path) -> None:
+    both = VALID + KUBERNETES.split("\n", 5)[5]
+    assert error_of(tmp_path, both).endswith(
+        "kubernetes: cannot be set with pools: on Kubernetes the pools come from the "
+        "cluster's GPU nodes")
+    neither = KUBERNETES.split("kubernetes:")[0]
+    assert error_of(tmp_path, neither) == (
+        "pools.yaml:1:1: (top level): needs either pools (fixed pools, local processes) or "
+        "kubernetes (pools from the cluster's GPU nodes)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from dataplane_agent.domain.kube_pods import NOTE_CANCEL, pod_name
 from dataplane_agent.launcher.base import LaunchRequest
 from dataplane_agent.launcher.kube_api import KubeApi, KubeError
 from dataplane_agent.launcher.kubernetes import ClusterSettings, KubernetesLauncher
+from tests.agent.test_agent_staging import PLACEHOLDER_ARGS, error_document, literal_map
 from tests.kube.cluster import Cluster
 
 SPOT = {"eks.amazonaws.com/capacityType": "SPOT"}
@@ -486,3 +488,67 @@ async def test_a_reclaimed_spot_node_preempts_its_attempts_at_once(
     preempted = status_of(launcher, "j-0000000000s1-1")
     assert preempted is not None and preempted.reason == "SpotReclaimed"
     assert recorder.phases("j-0000000000s1-1") == [Phase.STARTING, Phase.RUNNING, Phase.PREEMPTED]
+
+
+# -- Flyte tasks ---------------------------------------------------------------------------------
+
+
+def flyte_request(attempt_id: str, inputs: bytes) -> LaunchRequest:
+    return LaunchRequest(
+        attempt_id=attempt_id, job_id=attempt_id.rsplit("-", 1)[0], epoch=1,
+        pool="a100-80gb-reserved", gpus=1, command=("pyflyte-execute", *PLACEHOLDER_ARGS),
+        spec={"image": "ghcr.io/acme/flyte-task:1"}, project="flytesnacks", domain="development",
+        name="train", inputs=inputs,
+    )
+
+
+@pytest.mark.parametrize("ending", ["outputs", "user error"])
+async def test_a_flyte_task_is_staged_and_its_result_read_back(
+    gpu_nodes: Cluster, tmp_path: Path, ending: str
+) -> None:
+    cluster = gpu_nodes
+    store = tmp_path / "store"
+    async with running_launcher(cluster, store_prefix=str(store)) as launcher:
+        await launcher.launch(flyte_request("j-0000000000f7-1", literal_map(x=21)))
+        name = pod_name("j-0000000000f7-1")
+        pod = cluster.pod(name)
+        assert pod is not None
+        prefix = pod["metadata"]["annotations"]["fleet.flyte.org/attempt-prefix"]
+        command = pod["spec"]["containers"][0]["command"]
+        inputs_url = command[command.index("--inputs") + 1]
+        output_prefix = command[command.index("--output-prefix") + 1]
+        assert inputs_url.startswith(prefix) and output_prefix.startswith(prefix)
+        assert "{{" not in " ".join(command)
+        assert local(inputs_url).read_bytes() == literal_map(x=21)
+
+        # What pyflyte-execute in the pod would leave in the store, then its exit.
+        cluster.run(name, "fleet-test-a1")
+        local(output_prefix).mkdir(parents=True, exist_ok=True)
+        if ending == "outputs":
+            (local(output_prefix) / "outputs.pb").write_bytes(literal_map(y=42))
+        else:
+            (local(output_prefix) / "error.pb").write_bytes(
+                error_document("ValueError: x must be even", origin=1))
+        cluster.finish(name, exit_code=0 if ending == "outputs" else 1)
+        await eventually(lambda: phase_of(launcher, "j-0000000000f7-1") in (
+            Phase.SUCCEEDED, Phase.FAILED), "ended")
+
+    ended = status_of(launcher, "j-0000000000f7-1")
+    assert ended is not None
+    if ending == "outputs":
+        assert (ended.phase, ended.outputs) == (Phase.SUCCEEDED, literal_map(y=42))
+    else:
+        assert (ended.phase, ended.reason) == (Phase.FAILED, "UserError")
+        assert "x must be even" in ended.message
+
+
+async def test_a_flyte_task_needs_a_store_the_pods_can_reach(gpu_nodes: Cluster) -> None:
+    async with running_launcher(gpu_nodes) as launcher:
+        refused = await launcher.launch(flyte_request("j-0000000000f8-1", literal_map(x=1)))
+    assert (refused.phase, refused.reason) == (Phase.FAILED, "InvalidSpec")
+    assert "store_prefix" in refused.message
+    assert gpu_nodes.pods() == []
+
+
+def local(url: str) -> Path:
+    return Path(url.removeprefix("file://"))

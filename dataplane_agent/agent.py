@@ -104,7 +104,9 @@ async def _launcher(
     )
     log.info("launching pods in namespace %s through %s", kube.namespace, api.host)
     try:
-        async with KubernetesLauncher(api, cluster, connection.on_attempt_change) as pods:
+        pods = KubernetesLauncher(api, cluster, connection.on_attempt_change,
+                                  lambda: connection.on_pools_changed(pods))
+        async with pods:
             yield pods
     finally:
         api.close()

@@ -97,6 +97,12 @@ class Connection:
         if self._outbox is not None:
             self._outbox.put_nowait(wire.attempt_update(status))
 
+    def on_pools_changed(self, launcher: Launcher) -> None:
+        """A pool appeared, vanished or changed size (a node joined, was cordoned or
+        reclaimed): heartbeat now, so that no more work is placed on capacity that is gone."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(self._heartbeat(launcher))
+
     async def run(self, launcher: Launcher) -> int:
         """Keep a session up until cancelled; 1 when the control plane refuses this agent."""
         backoff = Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s)

@@ -34,6 +34,7 @@ class AgentProcess:
     workdir: Path
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()     # e.g. --kubeconfig for a kubernetes pool file
 
 
 @dataclass
@@ -106,12 +107,16 @@ class LocalFleet:
             self.root / "control-plane.log",
         )
 
-    def add_agent(self, name: str, pool_file: dict[str, Any]) -> AgentProcess:
+    def add_agent(
+        self, name: str, pool_file: dict[str, Any], extra_args: tuple[str, ...] = ()
+    ) -> AgentProcess:
         folder = self.root / "agents" / name
         folder.mkdir(parents=True, exist_ok=True)
         pools_file = folder / "pools.yaml"
         pools_file.write_text(yaml.safe_dump(pool_file, sort_keys=False))
-        agent = AgentProcess(name, pools_file, folder / "work", folder / "agent.log")
+        agent = AgentProcess(
+            name, pools_file, folder / "work", folder / "agent.log", extra_args=extra_args
+        )
         self.agents[name] = agent
         self.start_agent(name)
         return agent
@@ -127,6 +132,7 @@ class LocalFleet:
                 str(agent.pools_file),
                 "--workdir",
                 str(agent.workdir),
+                *agent.extra_args,
             ],
             agent.log_file,
         )

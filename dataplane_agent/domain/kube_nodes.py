@@ -28,6 +28,7 @@ preempted at once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,9 @@ class NodeTerm:
     purchase_label: str = ""
     purchase_value: str = ""
     absent: tuple[str, ...] = ()
+    # Other purchase labels the node carries, with their values: a node with an unmapped
+    # value (EKS CAPACITY_BLOCK) must not let the pool's pods onto the same label's SPOT.
+    pinned: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,11 +226,12 @@ def read_node(node: Mapping[str, Any], rules: NodeRules) -> GpuNode:
             problem = f"tainted {blocking[0].key}:{blocking[0].effect}"
     if problem:
         return GpuNode(name, gpus, purchase, None, None, reclaiming, problem)
-    absent = tuple(sorted(k for k in _purchase_label_keys(rules) if k not in labels))
+    others = [k for k in _purchase_label_keys(rules) if k != purchase_label]
     term = NodeTerm(
         product_label, product, purchase_label,
         labels.get(purchase_label, "") if purchase_label else "",
-        absent if not purchase_label else (),
+        absent=tuple(sorted(k for k in others if k not in labels)) if not purchase_label else (),
+        pinned=tuple(sorted((k, labels[k]) for k in others if k in labels)),
     )
     key = PoolKey(model, memory_gb(labels), purchase, labels.get(REGION_LABEL, ""))
     return GpuNode(name, gpus, purchase, key, term, reclaiming)
@@ -295,13 +300,24 @@ def gpu_model(product: str) -> str:
     return product
 
 
+# The memory sizes GPUs are sold with; routing policies are written in these.
+NOMINAL_MEMORY_GB = (4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 64, 80, 94, 96, 141, 180,
+                     192, 288)
+
+
 def memory_gb(labels: Mapping[str, str]) -> int:
-    """nvidia.com/gpu.memory is in MiB (81920 for an 80 GB card); 0 when unknown."""
+    """nvidia.com/gpu.memory is in MiB; cards report a little less than they are sold as
+    (A10G: 23028 MiB, sold as 24 GB), so a size within 12% below a nominal one is that
+    nominal size. 0 when unknown."""
     try:
         mib = int(labels.get(MEMORY_LABEL, "0"))
     except ValueError:
         return 0
-    return round(mib / 1024)
+    gib = mib / 1024
+    for nominal in NOMINAL_MEMORY_GB:
+        if nominal >= gib - 0.5:
+            return nominal if nominal <= gib * 1.12 else round(gib)
+    return round(gib)
 
 
 def quantity_count(value: object) -> int:
@@ -374,8 +390,11 @@ def pools_of(
         assert node.key is not None
         grouped.setdefault(node.key, []).append(node)
     pools: dict[str, Pool] = {}
-    for key, members in sorted(grouped.items(), key=lambda item: pool_name(item[0], True)):
+    ordered = sorted(grouped.items(), key=lambda item: (pool_name(item[0], True), repr(item[0])))
+    for key, members in ordered:
         name = pool_name(key, several_regions)
+        if name in pools:    # two models that clean up alike: the key tells them apart
+            name = f"{name[:56]}-{hashlib.sha256(repr(key).encode()).hexdigest()[:6]}"
         terms = tuple(sorted({node.term for node in members if node.term is not None},
                              key=lambda t: (t.product, t.purchase_value)))
         pools[name] = Pool(

@@ -26,6 +26,7 @@ What a pod's state means (first matching row wins)::
 | Failed, otherwise                              | FAILED    | Error (exit code)       |
 | gone, no cancel asked                          | LOST      | PodDeleted              |
 | Running                                        | RUNNING   |                         |
+| Unknown (its node stopped reporting)           | RUNNING   | NodeUnreachable         |
 | Pending, image cannot be valid                 | FAILED    | InvalidImageName, ...   |
 | Pending, image pull failing past its grace     | FAILED    | ImagePullBackOff        |
 | Pending, unschedulable past its grace          | PREEMPTED | Unschedulable           |
@@ -68,7 +69,7 @@ NOTE_CANCEL = "fleet.flyte.org/cancel-reason"
 HOPELESS_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 IMAGE_PULL_WAITING = frozenset({"ImagePullBackOff", "ErrImagePull"})
 
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
@@ -183,6 +184,7 @@ def node_affinity(terms: Sequence[NodeTerm], node_selector: Mapping[str, str]) -
             expressions.append(
                 {"key": term.purchase_label, "operator": "In", "values": [term.purchase_value]}
             )
+        expressions += [{"key": k, "operator": "In", "values": [v]} for k, v in term.pinned]
         expressions += [{"key": key, "operator": "DoesNotExist"} for key in term.absent]
         node_terms.append({"matchExpressions": expressions + selector})
     return {"nodeAffinity": {
@@ -257,6 +259,8 @@ def pod_verdict(facts: PodFacts) -> Verdict:
         return _ended(status, facts)
     if phase == "Running":
         return Verdict(Phase.RUNNING)
+    if phase == "Unknown":    # the node stopped reporting; the pod may well still run
+        return Verdict(Phase.RUNNING, "NodeUnreachable", str(status.get("message") or ""))
     return _pending(pod, status, facts)
 
 

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -126,11 +126,17 @@ class KubernetesLauncher:
     """Use as ``async with KubernetesLauncher(api, settings, on_change) as launcher:``."""
 
     def __init__(
-        self, api: KubeApi, settings: ClusterSettings, on_change: StatusListener | None = None
+        self,
+        api: KubeApi,
+        settings: ClusterSettings,
+        on_change: StatusListener | None = None,
+        on_pools_changed: Callable[[], None] | None = None,
     ) -> None:
         self._api = api
         self._settings = settings
         self._on_change = on_change
+        # Called when a pool appears, vanishes or changes its total (not its free GPUs).
+        self._on_pools_changed = on_pools_changed
         self._attempts: dict[str, _Attempt] = {}
         self._order = 0
         self._nodes: dict[str, GpuNode] = {}
@@ -415,7 +421,11 @@ class KubernetesLauncher:
     # -- deriving phases -----------------------------------------------------------------------
 
     def _recompute_pools(self) -> None:
+        before = {name: pool.gpu_total for name, pool in self._pools.items()}
         self._pools = pools_of(self._nodes.values(), self._bound_informer.objects.values())
+        after = {name: pool.gpu_total for name, pool in self._pools.items()}
+        if after != before and self._on_pools_changed is not None and self._synced:
+            self._on_pools_changed()
 
     def _refresh_all(self, *, announce: bool = True) -> None:
         for attempt in sorted(self._attempts.values(), key=lambda a: a.order):

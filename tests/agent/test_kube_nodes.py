@@ -402,9 +402,10 @@ def test_gpu_model_names(product: str, model: str) -> None:
 @pytest.mark.parametrize(
     ("memory", "gb"),
     [("81920", 80), ("40960", 40), ("24576", 24), ("81559", 80), ("", 0), ("lots", 0),
-     (None, 0)],
+     (None, 0), ("23028", 24), ("15360", 16), ("46068", 48), ("143771", 141),
+     ("1000000", 977)],
 )
-def test_gpu_memory_label_is_mib(memory: str | None, gb: int) -> None:
+def test_gpu_memory_label_is_mib_read_as_the_size_sold(memory: str | None, gb: int) -> None:
     labels = {} if memory is None else {MEMORY_LABEL: memory}
 
     assert memory_gb(labels) == gb
@@ -475,6 +476,8 @@ def labels_match(term: NodeTerm, labels: Mapping[str, str]) -> bool:
         return False
     if term.purchase_label and labels.get(term.purchase_label) != term.purchase_value:
         return False
+    if any(labels.get(key) != value for key, value in term.pinned):
+        return False
     return not any(key in labels for key in term.absent)
 
 
@@ -490,11 +493,6 @@ def test_a_default_pools_term_keeps_its_pods_off_labelled_spot_nodes() -> None:
                                                label: value})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "read_node lists as `absent` only the purchase labels a default-purchase node lacks; a "
-    "node carrying one with a value the agent does not map (EKS CAPACITY_BLOCK) yields a "
-    "term that does not constrain that label, so the pool's pods may land on EKS SPOT nodes"
-))
 def test_a_default_pools_term_keeps_pods_off_spot_even_when_the_node_has_the_label() -> None:
     term = counted(node(labels={EKS: "CAPACITY_BLOCK"})).term
     assert term is not None
@@ -577,11 +575,6 @@ def test_a_pool_name_stays_a_valid_label_value_for_a_long_product() -> None:
     assert name.startswith("acme-xxxx")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pools_of keys its result by pool_name, which lowercases unknown products: two groups "
-    "whose names clean up alike (a product label and a GKE label of one unknown GPU) collapse "
-    "into one pool and the other group's nodes and GPUs vanish"
-))
 def test_two_groups_whose_names_clean_up_alike_are_both_reported() -> None:
     nodes = [
         read_node(node("a", gpus="8", product="Acme-X1"), RULES),

@@ -29,7 +29,7 @@ def now() -> str:
 
 
 def is_not_found(err: client.ApiException) -> bool:
-    return err.status == 404
+    return bool(err.status == 404)
 
 
 class Cluster:

@@ -33,7 +33,9 @@ VERSION = {
     "major": "1",
     "minor": "34",
     "gitVersion": "v1.34.0-fleet-fake",
+    "gitCommit": "0000000000000000000000000000000000000000",
     "gitTreeState": "clean",
+    "buildDate": "2025-08-27T00:00:00Z",
     "goVersion": "go1.24.0",
     "compiler": "gc",
     "platform": "linux/amd64",
@@ -54,7 +56,7 @@ class RequestRecord:
     verb: str  # get list watch create update patch delete deletecollection
     resource: str  # "pods", "nodes", "namespaces"; "" for a non-resource path such as /version
     subresource: str  # "status", "binding", "log" or ""
-    namespace: str  # "" for cluster-scoped resources and all-namespaces requests
+    namespace: str  # "" for cluster-scoped and all-namespaces requests; NAME for namespaces/NAME
     name: str
     method: str
     path: str
@@ -269,9 +271,14 @@ class FakeKubeAPI:
         match = store.matching(kind, ns, query)
         try:
             timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+        except ValueError:
+            raise rules.bad_request(f"invalid timeoutSeconds: {query['timeoutSeconds']}") from None
+        try:
             since = int(query.get("resourceVersion") or 0)
-        except ValueError as err:
-            raise rules.bad_request(str(err)) from None
+        except ValueError:
+            raise rules.bad_request(
+                f"invalid resource version: {query['resourceVersion']}"
+            ) from None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         send_initial = query.get("sendInitialEvents") == "true"
         deadline = time.monotonic() + timeout if timeout is not None else float("inf")

@@ -45,8 +45,15 @@ LABEL_VALUE_MSG = (
 
 def now_rfc3339(offset_s: float = 0.0) -> str:
     """A timestamp in the server's form, e.g. 2026-11-24T21:18:40Z."""
-    stamp = datetime.now(UTC).timestamp() + offset_s
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_rfc3339(datetime.now(UTC).timestamp() + offset_s)
+
+
+def format_rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class KubeError(Exception):

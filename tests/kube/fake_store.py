@@ -324,6 +324,8 @@ class Store:
             # rest of the metadata (labels, annotations, finalizers) come from the body.
             new = copy.deepcopy(old)
             new["status"] = copy.deepcopy(body.get("status") or {})
+            if kind is PODS and "qosClass" in old["status"]:
+                new["status"]["qosClass"] = old["status"]["qosClass"]  # fixed at creation
             for key in ("labels", "annotations", "finalizers"):
                 if key in meta:
                     new["metadata"][key] = copy.deepcopy(meta[key])
@@ -361,14 +363,17 @@ class Store:
             if kind is PODS:
                 return self._delete_pod(obj, options.get("gracePeriodSeconds"))
             if kind is NAMESPACES:
-                # No namespace controller: the pods go and the namespace with them, at once.
+                # Terminating, as the real server answers; then what the namespace controller
+                # would do, at once: its pods go, and the namespace with them.
+                terminating = copy.deepcopy(obj)
+                terminating["metadata"]["deletionTimestamp"] = rules.now_rfc3339()
+                terminating["status"] = {"phase": "Terminating"}
+                terminating = self._write(NAMESPACES, terminating, "MODIFIED", obj)
                 for (pod_ns, _), pod in list(self.objects["pods"].items()):
                     if pod_ns == name:
                         self._remove(PODS, pod)
-                final = copy.deepcopy(obj)
-                final["metadata"]["deletionTimestamp"] = rules.now_rfc3339()
-                final["status"] = {"phase": "Terminating"}
-                return self._remove(NAMESPACES, final, prev=obj)
+                self._remove(NAMESPACES, terminating)
+                return terminating
             self._remove(kind, obj)
             details = {"name": name, "kind": kind.resource, "uid": obj["metadata"]["uid"]}
             return {
@@ -391,33 +396,39 @@ class Store:
                 )
 
     def _delete_pod(self, pod: Obj, grace: int | None) -> Obj:
+        """Graceful deletion as the real server does it (BeforeDelete + the pod strategy)."""
         spec, meta = pod["spec"], pod["metadata"]
-        if grace is None:
-            grace = int(spec.get("terminationGracePeriodSeconds", 30))
-        grace = 1 if grace < 0 else grace
-        # Like the pod strategy: no kubelet has to stop anything for these, so they go at once.
-        if not spec.get("nodeName") or pod["status"].get("phase") in ("Succeeded", "Failed"):
-            grace = 0
-        if meta.get("deletionTimestamp") and grace >= int(
-            meta.get("deletionGracePeriodSeconds", 0)
-        ):
-            return pod  # a second graceful delete may shorten the grace, never lengthen it
-        if grace == 0:
-            final = copy.deepcopy(pod)
-            final["metadata"]["deletionTimestamp"] = rules.now_rfc3339()
-            final["metadata"]["deletionGracePeriodSeconds"] = 0
-            return self._remove(PODS, final, prev=pod)
+        if meta.get("deletionTimestamp"):
+            current = int(meta.get("deletionGracePeriodSeconds") or 0)
+            # Already being deleted: only a shorter grace changes anything.
+            if current and (grace is None or grace >= current):
+                return pod
+            grace = max(grace or 0, 0)
+            started = rules.parse_rfc3339(meta["deletionTimestamp"]) - current
+        else:
+            if grace is None:
+                grace = int(spec.get("terminationGracePeriodSeconds", 30))
+            grace = 1 if grace < 0 else grace
+            # No kubelet has containers to stop for these, so they go at once.
+            if not spec.get("nodeName") or pod["status"].get("phase") in ("Succeeded", "Failed"):
+                grace = 0
+            started = rules.parse_rfc3339(rules.now_rfc3339())
         new = copy.deepcopy(pod)
-        new["metadata"]["deletionTimestamp"] = rules.now_rfc3339(grace)
+        new["metadata"]["deletionTimestamp"] = rules.format_rfc3339(started + grace)
         new["metadata"]["deletionGracePeriodSeconds"] = grace
-        return self._write(PODS, new, "MODIFIED", pod)
+        marked = self._write(PODS, new, "MODIFIED", pod)
+        if grace > 0:
+            return marked
+        # Grace 0: the server writes the deletion mark (a MODIFIED event), then deletes.
+        return self._remove(PODS, marked)
 
-    def _remove(self, kind: Kind, final: Obj, prev: Obj | None = None) -> Obj:
-        meta = final["metadata"]
+    def _remove(self, kind: Kind, obj: Obj) -> Obj:
+        """Delete obj: a DELETED event with the final object under a fresh RV."""
+        meta = obj["metadata"]
         if kind is PODS:
             for key in [k for k in self.logs if k[:2] == (meta["namespace"], meta["name"])]:
                 del self.logs[key]
-        return self._write(kind, copy.deepcopy(final), "DELETED", prev or final)
+        return self._write(kind, copy.deepcopy(obj), "DELETED", obj)
 
     def delete_collection(self, kind: Kind, ns: str, query: dict[str, str], options: Obj) -> Obj:
         match = self.matching(kind, ns, query)

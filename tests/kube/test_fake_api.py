@@ -180,7 +180,9 @@ def test_watch_from_a_list_resource_version_gets_only_later_events(cluster: Clus
     assert events == [("ADDED", "b"), ("MODIFIED", "a")]
 
 
-def test_raw_all_namespaces_watch_has_deleted_events_with_a_fresh_version(cluster: Cluster) -> None:
+def test_raw_all_namespaces_watch_shows_a_deletion_as_marked_then_deleted(
+    cluster: Cluster,
+) -> None:
     created = cluster.core.create_namespaced_pod(cluster.namespace, pod_body("a"))
     cluster.core.delete_namespaced_pod("a", cluster.namespace)  # unbound: gone at once
 
@@ -188,10 +190,12 @@ def test_raw_all_namespaces_watch_has_deleted_events_with_a_fresh_version(cluste
         cluster, resource_version=created.metadata.resource_version, timeout_seconds=1
     )
     ours = [e for e in events if e["object"]["metadata"].get("namespace") == cluster.namespace]
-    assert [e["type"] for e in ours] == ["DELETED"]
-    final = ours[0]["object"]
+    assert [e["type"] for e in ours] == ["MODIFIED", "DELETED"]
+    marked, final = ours[0]["object"]["metadata"], ours[1]["object"]
+    assert marked["deletionTimestamp"] and marked["deletionGracePeriodSeconds"] == 0
     assert final["kind"] == "Pod" and final["metadata"]["uid"] == created.metadata.uid
-    assert final["metadata"]["resourceVersion"] != created.metadata.resource_version
+    versions = [created.metadata.resource_version, marked["resourceVersion"]]
+    assert final["metadata"]["resourceVersion"] not in versions
 
 
 def test_watch_without_version_starts_with_current_objects_and_ends_on_timeout(

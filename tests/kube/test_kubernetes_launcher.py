@@ -495,10 +495,17 @@ async def test_a_reclaimed_spot_node_preempts_its_attempts_at_once(
 
 def flyte_request(attempt_id: str, inputs: bytes) -> LaunchRequest:
     return LaunchRequest(
-        attempt_id=attempt_id, job_id=attempt_id.rsplit("-", 1)[0], epoch=1,
-        pool="a100-80gb-reserved", gpus=1, command=("pyflyte-execute", *PLACEHOLDER_ARGS),
-        spec={"image": "ghcr.io/acme/flyte-task:1"}, project="flytesnacks", domain="development",
-        name="train", inputs=inputs,
+        attempt_id=attempt_id,
+        job_id=attempt_id.rsplit("-", 1)[0],
+        epoch=1,
+        pool="a100-80gb-reserved",
+        gpus=1,
+        command=("pyflyte-execute", *PLACEHOLDER_ARGS),
+        spec={"image": "ghcr.io/acme/flyte-task:1"},
+        project="flytesnacks",
+        domain="development",
+        name="train",
+        inputs=inputs,
     )
 
 
@@ -528,10 +535,13 @@ async def test_a_flyte_task_is_staged_and_its_result_read_back(
             (local(output_prefix) / "outputs.pb").write_bytes(literal_map(y=42))
         else:
             (local(output_prefix) / "error.pb").write_bytes(
-                error_document("ValueError: x must be even", origin=1))
+                error_document("ValueError: x must be even", origin=1)
+            )
         cluster.finish(name, exit_code=0 if ending == "outputs" else 1)
-        await eventually(lambda: phase_of(launcher, "j-0000000000f7-1") in (
-            Phase.SUCCEEDED, Phase.FAILED), "ended")
+        await eventually(
+            lambda: phase_of(launcher, "j-0000000000f7-1") in (Phase.SUCCEEDED, Phase.FAILED),
+            "ended",
+        )
 
     ended = status_of(launcher, "j-0000000000f7-1")
     assert ended is not None

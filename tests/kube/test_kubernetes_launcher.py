@@ -141,7 +141,7 @@ async def test_pools_come_from_the_labelled_gpu_nodes(cluster: Cluster) -> None:
     async with running_launcher(cluster) as launcher:
         pools = {p.name: p for p in launcher.pools()}
 
-    assert set(pools) == {"a100-80gb-reserved", "a100-80gb-spot", "l4-22gb-reserved"}
+    assert set(pools) == {"a100-80gb-reserved", "a100-80gb-spot", "l4-24gb-reserved"}
     reserved, spot = pools["a100-80gb-reserved"], pools["a100-80gb-spot"]
     assert (reserved.gpu_total, reserved.gpu_free) == (16, 13)  # another team's pod uses 3
     assert (reserved.gpu_model, reserved.gpu_memory_gb, reserved.region) == (

@@ -230,6 +230,12 @@ class KubernetesLauncher:
                 return self._settle(attempt, Verdict(Phase.FAILED, word, error.message))
             pod = await asyncio.to_thread(self._api.get_pod, self._settings.namespace,
                                           pod_name(request.attempt_id))
+            owner = pod_identity(pod) if pod is not None else None
+            if pod is not None and (owner is None or owner.attempt_id != request.attempt_id):
+                return self._settle(attempt, Verdict(
+                    Phase.FAILED, "SystemError",
+                    f"a pod named {pod_name(request.attempt_id)} exists and is not this "
+                    "attempt's"))
             log.info("attempt %s: its pod existed already; adopted it", request.attempt_id)
         if pod is not None and attempt.pod is None:
             attempt.pod, attempt.pod_exists = pod, True

@@ -155,7 +155,7 @@ EXPECTED_AGENT_GRANTS = {
     *((verb, "pods", "", AGENT_PODS_NAMESPACE)
       for verb in ("create", "get", "list", "watch", "delete", "patch")),
     ("get", "pods", "log", AGENT_PODS_NAMESPACE),
-    *((verb, "nodes", "", None) for verb in ("get", "list", "watch")),
+    *((verb, "nodes", "", None) for verb in ("list", "watch")),
     *((verb, "pods", "", namespace)
       for verb in ("list", "watch")
       for namespace in (None, "fleet-agent", "default", "kube-system")),

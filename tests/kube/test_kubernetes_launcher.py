@@ -16,10 +16,12 @@ from dataplane_agent.domain.attempt import AttemptStatus, Phase
 from dataplane_agent.domain.kube_nodes import NodeRules, PriceRule
 from dataplane_agent.domain.kube_pods import NOTE_CANCEL, pod_name
 from dataplane_agent.launcher.base import LaunchRequest
-from dataplane_agent.launcher.kube_api import KubeApi, KubeError
+from dataplane_agent.launcher.kube_api import USER_AGENT, KubeApi, KubeError
 from dataplane_agent.launcher.kubernetes import ClusterSettings, KubernetesLauncher
 from tests.agent.test_agent_staging import PLACEHOLDER_ARGS, error_document, literal_map
+from tests.deploy.rbac import agent_rbac_allows
 from tests.kube.cluster import Cluster
+from tests.kube.fake_api import FakeKubeAPI
 
 SPOT = {"eks.amazonaws.com/capacityType": "SPOT"}
 RULES = NodeRules(prices=(PriceRule(1.1, "spot", "A100"), PriceRule(3.5, "", "A100")))
@@ -562,3 +564,50 @@ async def test_a_flyte_task_needs_a_store_the_pods_can_reach(gpu_nodes: Cluster)
 
 def local(url: str) -> Path:
     return Path(url.removeprefix("file://"))
+
+
+# -- what the agent may do -----------------------------------------------------------------------
+
+
+async def test_the_agent_needs_no_more_than_deploy_rbac_grants(
+    gpu_nodes: Cluster, fake_api: FakeKubeAPI
+) -> None:
+    """Every request the launcher makes in a busy life is allowed by deploy/agent's RBAC,
+    and every verb that RBAC grants is one the agent uses (least privilege)."""
+    cluster = gpu_nodes
+    async with running_launcher(cluster) as launcher:
+        for attempt_id in ("j-0000000000r1-1", "j-0000000000r2-1", "j-0000000000r3-1"):
+            await launcher.launch(request(attempt_id))
+        cluster.run(pod_name("j-0000000000r1-1"), "fleet-test-a1")
+        cluster.set_log(pod_name("j-0000000000r1-1"), "hello\n")
+        assert await launcher.read_log("j-0000000000r1-1", 100) == b"hello\n"
+        await launcher.cancel("j-0000000000r2-1", "user asked", 5.0)
+        cluster.finish(pod_name("j-0000000000r1-1"))
+        await eventually(lambda: phase_of(launcher, "j-0000000000r1-1") is Phase.SUCCEEDED, "ok")
+        await launcher.forget("j-0000000000r1-1")
+        # A pod that took the attempt's name (409, then a look at it) is not adopted.
+        taken = pod_name("j-0000000000r4-1")
+        cluster.core.create_namespaced_pod(cluster.namespace, {
+            "metadata": {"name": taken},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]}})
+        refused = await launcher.launch(request("j-0000000000r4-1"))
+        assert (refused.phase, refused.reason) == (Phase.FAILED, "SystemError")
+        assert f"a pod named {taken} exists" in refused.message
+
+    made = {
+        (r.verb, r.resource, r.subresource, "fleet-jobs" if r.namespace else None)
+        for r in fake_api.requests if r.user_agent.startswith(USER_AGENT)
+    }
+    assert [m for m in made if not agent_rbac_allows(*m)] == []
+    namespaced = (("pods", ""), ("pods", "log"), ("pods", "status"), ("pods", "binding"),
+                  ("pods", "eviction"), ("secrets", ""), ("configmaps", ""), ("events", ""))
+    cluster_scoped = (("nodes", ""), ("nodes", "status"), ("namespaces", ""))
+    verbs = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+    candidates = {
+        *((v, r, sub, ns) for v in verbs for r, sub in namespaced for ns in ("fleet-jobs", None)),
+        *((v, r, sub, None) for v in verbs for r, sub in cluster_scoped),
+    }
+    granted = {c for c in candidates if agent_rbac_allows(*c)}
+    # A cluster-wide grant covers the namespace too: it is used when used cluster-wide.
+    unused = {c for c in granted - made if not (c[3] and (*c[:3], None) in made)}
+    assert unused == set()

@@ -114,13 +114,18 @@ def build_submission(
 
 
 def _service_account(template: TaskTemplate, metadata: TaskExecutionMetadata | None) -> str:
-    """The execution's Kubernetes service account (Flyte's launch plan or --service-account),
-    else the task's own security context; empty: the dataplane's default."""
-    if metadata is not None and metadata.k8s_service_account:
-        return str(metadata.k8s_service_account)
-    context = template.security_context
-    run_as = context.run_as if context is not None else None
-    return str(run_as.k8s_service_account or "") if run_as is not None else ""
+    """The Kubernetes service account chosen for the execution (a launch plan's or
+    `pyflyte run --service-account`), else the task's own; empty: the dataplane's default.
+
+    Propeller names "default" when nobody chose one: that is its namespace's default, not a
+    choice, so the dataplane's own default applies then.
+    """
+    chosen = metadata.k8s_service_account if metadata is not None else ""
+    if not chosen or chosen == "default":
+        context = template.security_context
+        run_as = context.run_as if context is not None else None
+        chosen = run_as.k8s_service_account if run_as is not None else ""
+    return "" if chosen in (None, "default") else str(chosen)
 
 
 def _platform_env(metadata: TaskExecutionMetadata | None) -> dict[str, str]:

@@ -46,6 +46,7 @@ def test_submit_sends_every_flag_in_the_request(fake_fleet: FakeFleet) -> None:
         "--env", "EPOCHS=3", "--env", "EMPTY=", "--origin-region", "eu-west-1",
         "--no-spot", "--pin", "onprem", "--priority", "-5", "--timeout", "1h30m",
         "--retries", "0", "--image", "ghcr.io/acme/train:1", "--client-key", "k-1",
+        "--service-account", "trainer",
         "--", "python", "train.py", "--epochs", "3",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -55,6 +56,7 @@ def test_submit_sends_every_flag_in_the_request(fake_fleet: FakeFleet) -> None:
     assert (spec.project, spec.domain, spec.name) == ("ml", "staging", "train")
     assert list(spec.command) == ["python", "train.py", "--epochs", "3"]
     assert spec.image == "ghcr.io/acme/train:1"
+    assert spec.service_account == "trainer"
     assert spec.resources == types_pb2.Resources(
         gpus=8, gpu_model="H100", min_gpu_memory_gb=80, cpu_millis=4000, memory_bytes=16 * 2**30
     )

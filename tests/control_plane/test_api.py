@@ -117,6 +117,11 @@ async def test_impossible_and_malformed_jobs_are_refused_and_nothing_is_stored(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "spec.env: '1BAD' is not a valid environment variable name",
             ),
+            (
+                P.JobSpec(project="vision", command=["x"], service_account="Trainer_SA"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.service_account: 'Trainer_SA' is not a valid Kubernetes name",
+            ),
         ]
         for spec, code, message in cases:
             with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -11,6 +11,7 @@ from flyteidl.core import literals_pb2
 from flytekit import Resources, task
 from flytekit.extend.backend.utils import render_task_template
 from flytekit.extras.accelerators import A100_80GB, L4
+from flytekit.models.task import TaskExecutionMetadata
 
 from flyte_plugin import Fleet
 from flyte_plugin.job_spec import build_submission
@@ -82,9 +83,21 @@ def test_a_flyte_attempt_becomes_a_job_spec() -> None:
     assert spec.priority == 5
     assert spec.HasField("retry_budget") and spec.retry_budget == 0
     assert spec.timeout.ToTimedelta() == timedelta(minutes=10)
+    assert spec.service_account == ""   # propeller's "default": the dataplane's default
     sent = literals_pb2.LiteralMap.FromString(spec.inputs)
     assert sent.literals["steps"].scalar.primitive.integer == 100
     assert sent.literals["lr"].scalar.primitive.float_value == 0.5
+
+
+def test_the_executions_service_account_becomes_the_pods() -> None:
+    metadata = attempt_metadata()
+    chosen = TaskExecutionMetadata(
+        task_execution_id=metadata.task_execution_id, namespace=metadata.namespace,
+        labels={}, annotations={}, k8s_service_account="trainer",
+        environment_variables={}, identity=None,
+    )
+    spec = build_submission(template_of(finetune), None, chosen, env={}).spec
+    assert spec.service_account == "trainer"
 
 
 def test_a_rendered_local_template_gets_the_same_command_as_a_registered_one() -> None:

@@ -107,9 +107,10 @@ def phase(fleet: LocalFleet, job_id: str) -> str:
 def test_a_job_runs_as_a_pod_and_its_log_comes_back(fleet: LocalFleet, cluster: Cluster) -> None:
     assert pools_of(fleet)["a100-80gb-on-demand"] == (8, 8)
 
-    job_id = submit(fleet)
+    job_id = submit(fleet, "--service-account", "trainer")
     pods = wait_for(fleet, lambda: job_pods(cluster, job_id), "the job's pod")
     name = pods[0]["metadata"]["name"]
+    assert pods[0]["spec"]["serviceAccountName"] == "trainer"
     container = pods[0]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/acme/train:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"

@@ -2,24 +2,25 @@
 
 Layers, from the inside out (each imports only those before it):
 
-- ``domain``: pure decisions, no I/O. ``domain.attempt`` derives an attempt's phase from
-  the facts its folder records (the state table lives there), ``domain.capacity`` decides
-  which waiting attempts fit their pool's free GPUs (FIFO), ``domain.backoff`` spaces out
-  reconnects, ``domain.flyte`` is Flyte's task contract: the store layout of an attempt,
-  rendering Flyte's placeholders in a command, the task's environment, and what the files a
-  finished task left (outputs.pb, error.pb) mean for the attempt's end.
-- ``pool_file``: the YAML file naming the dataplane, its GPU pools and its regional store
-  prefix, checked with errors that give file:line:col, the field and the reason.
+- ``domain``: pure decisions, no I/O. ``domain.attempt`` derives a local attempt's phase
+  from the facts its folder records (the state table lives there), ``domain.capacity``
+  decides which waiting attempts fit their pool's free GPUs (FIFO), ``domain.backoff``
+  spaces out reconnects, ``domain.flyte`` is Flyte's task contract, ``domain.kube_nodes``
+  turns a cluster's nodes into GPU pools and ``domain.kube_pods`` makes an attempt's pod and
+  reads its phase back (that state table lives there).
+- ``pool_file``: the YAML file naming the dataplane and either its fixed GPU pools or a
+  ``kubernetes`` section, checked with errors that give file:line:col, field and reason.
 - ``launcher``: runs attempts behind the small ``Launcher`` protocol. ``ProcessLauncher``
   starts each attempt under a detached runner process (``launcher.runner``) with one folder
-  per attempt under ``workdir/attempts``; a Kubernetes launcher will slot in beside it.
-  Flyte tasks are staged in the dataplane's store (any fsspec URL; ``<workdir>/store`` by
-  default): ``launcher.staging`` does the fsspec I/O (inputs.pb before the start, outputs.pb
-  and error.pb after the end), ``launcher.flyte_tasks`` runs it in worker threads for the
-  launcher. Only the literal maps and error messages leave the region, never the data.
+  per attempt; ``KubernetesLauncher`` makes one pod per attempt through ``launcher.kube_api``
+  (the only module that imports the ``kubernetes`` client), kept current by list+watch
+  informers (``launcher.informer``). Flyte tasks are staged in the dataplane's store (any
+  fsspec URL): ``launcher.staging`` does the fsspec I/O. Only the literal maps and error
+  messages leave the region, never the data.
 - ``connection`` (with ``wire`` for the protobuf translations): the one bidirectional
   gRPC stream to the control plane, heartbeats, control messages, reconnects.
-- ``agent``: ``run_agent`` wires them together and runs until SIGINT/SIGTERM.
+- ``agent``: ``run_agent`` picks the launcher, wires them together and runs until
+  SIGINT/SIGTERM.
 
 Exports resolve lazily (here and in ``launcher``), so the runner process (which imports
 this package) stays small: it never loads gRPC, protobuf, pydantic, fsspec or flyteidl.

@@ -180,6 +180,8 @@ def pool_to_proto(record: PoolRecord) -> types_pb2.Pool:
         interconnect=record.interconnect,
         price_per_gpu_hour=record.price_per_gpu_hour,
         labels=dict(record.labels),
+        gpu_node_size=record.gpu_node_size,
+        gpu_node_free=record.gpu_node_free,
     )
 
 
@@ -192,6 +194,16 @@ def pool_from_proto(dataplane: str, region: str, cloud: str, pool: types_pb2.Poo
     if pool.gpu_free > pool.gpu_total:
         raise ValueError(
             f"pools[{pool.name}].gpu_free: {pool.gpu_free} free > {pool.gpu_total} in all"
+        )
+    node_size = pool.gpu_node_size if pool.HasField("gpu_node_size") else None
+    node_free = pool.gpu_node_free if pool.HasField("gpu_node_free") else None
+    if node_size is not None and node_size > pool.gpu_total:
+        raise ValueError(
+            f"pools[{pool.name}].gpu_node_size: {node_size} > {pool.gpu_total} in all"
+        )
+    if node_free is not None and node_free > pool.gpu_free:
+        raise ValueError(
+            f"pools[{pool.name}].gpu_node_free: {node_free} > {pool.gpu_free} free in all"
         )
     return PoolRecord(
         dataplane=dataplane,
@@ -206,6 +218,8 @@ def pool_from_proto(dataplane: str, region: str, cloud: str, pool: types_pb2.Poo
         interconnect=pool.interconnect,
         price_per_gpu_hour=pool.price_per_gpu_hour,
         labels=dict(pool.labels),
+        gpu_node_size=node_size,
+        gpu_node_free=node_free,
     )
 
 

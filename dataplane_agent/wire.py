@@ -69,6 +69,7 @@ def pools(pool_file: PoolFile, reports: Sequence[PoolReport]) -> list[types_pb2.
             gpu_memory_gb=pool.gpu_memory_gb, gpu_total=pool.gpu_total,
             gpu_free=pool.gpu_free, interconnect=pool.interconnect,
             price_per_gpu_hour=pool.price_per_gpu_hour, labels=dict(pool.labels),
+            gpu_node_size=pool.gpu_node_size, gpu_node_free=pool.gpu_node_free,
         )
         for pool in reports
     ]

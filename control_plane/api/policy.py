@@ -175,7 +175,7 @@ def _route_text(
     impossible = never_fits(demand, pools, policy)
     if impossible is not None:
         return f"rejected: {impossible}", impossible
-    idle = CapacityLedger({pool.key: pool.gpu_total for pool in pools})
+    idle = CapacityLedger({pool.key: pool.gpus_per_job for pool in pools})
     decision = place(demand, views, idle, policy)
     if decision.placement is None:
         return decision.summary, decision.summary

@@ -265,7 +265,9 @@ def _explain(
         elif exclusion is None and demand.gpus > ledger.free(pool.key):
             exclusion = Exclusion(
                 CAPACITY,
-                "{} of {} GPUs free < {} asked",
+                "{} of {} GPUs free < {} asked"
+                if pool.gpu_node_free is None
+                else "{} of {} GPUs free on one node < {} asked",
                 (ledger.free(pool.key), pool.gpu_total, demand.gpus),
             )
         if exclusion is None and best is not None and pool.key == best.key:
@@ -319,12 +321,13 @@ def _job_never_fits(demand: JobDemand, pools: Sequence[PoolRecord]) -> str:
                 f"(models in the fleet: {models})"
             )
         pools = same_model
-    largest = max(pools, key=lambda p: p.gpu_total)
-    if demand.gpus > largest.gpu_total:
+    largest = max(pools, key=lambda p: p.gpus_per_job)
+    if demand.gpus > largest.gpus_per_job:
         model = f" of model {demand.gpu_model}" if demand.gpu_model else ""
+        where = "on one node " if largest.gpu_node_size is not None else ""
         return (
             f"resources.gpus: no pool has {demand.gpus} GPUs{model} "
-            f"(largest: {largest.gpu_total} in {largest.dataplane}/{largest.name})"
+            f"(largest: {largest.gpus_per_job} {where}in {largest.dataplane}/{largest.name})"
         )
     reasons = sorted({f"{p.dataplane}/{p.name}: {static_mismatch(demand, p)}" for p in pools})
     return "no pool can run this job: " + "; ".join(reasons)

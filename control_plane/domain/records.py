@@ -24,10 +24,20 @@ class PoolRecord:
     interconnect: str = ""
     price_per_gpu_hour: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Pools of several nodes: one job runs on one node. None: the pool is one machine.
+    gpu_node_size: int | None = None   # GPUs of its largest node
+    gpu_node_free: int | None = None   # the most free GPUs on any one node
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.dataplane, self.name)
+
+    @property
+    def gpus_per_job(self) -> int:
+        """The most GPUs one job can ask for here."""
+        if self.gpu_node_size is None:
+            return self.gpu_total
+        return min(self.gpu_node_size, self.gpu_total)
 
 
 @dataclass(frozen=True)

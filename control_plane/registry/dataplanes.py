@@ -186,6 +186,7 @@ async def _replace_pools(
         row.gpu_total, row.gpu_free = pool.gpu_total, pool.gpu_free
         row.interconnect, row.price_per_gpu_hour = pool.interconnect, pool.price_per_gpu_hour
         row.labels = dict(pool.labels)
+        row.gpu_node_size, row.gpu_node_free = pool.gpu_node_size, pool.gpu_node_free
         row.updated_at = now
     for gone in existing.values():
         await session.delete(gone)

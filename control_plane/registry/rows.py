@@ -26,6 +26,8 @@ def pool_record(row: PoolRow) -> PoolRecord:
         interconnect=row.interconnect,
         price_per_gpu_hour=row.price_per_gpu_hour,
         labels=dict(row.labels),
+        gpu_node_size=row.gpu_node_size,
+        gpu_node_free=row.gpu_node_free,
     )
 
 

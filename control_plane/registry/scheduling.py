@@ -103,8 +103,14 @@ class SchedulingStore:
             .group_by(AttemptRow.dataplane, AttemptRow.pool)
             .subquery()
         )
+        # A job runs on one node: what one job can get is the most free on any one node.
+        # (CASE, not least()/min(): SQLite and Postgres spell those differently; NULL: one machine.)
+        usable = sa.case(
+            (PoolRow.gpu_node_free < PoolRow.gpu_free, PoolRow.gpu_node_free),
+            else_=PoolRow.gpu_free,
+        )
         query = sa.select(
-            PoolRow.dataplane, PoolRow.name, PoolRow.gpu_free, sa.func.coalesce(held.c.gpus, 0)
+            PoolRow.dataplane, PoolRow.name, usable, sa.func.coalesce(held.c.gpus, 0)
         ).outerjoin(
             held, sa.and_(held.c.dataplane == PoolRow.dataplane, held.c.pool == PoolRow.name)
         )

@@ -78,6 +78,8 @@ class PoolRow(Base):
     interconnect: Mapped[str] = mapped_column(String(64), default="")
     price_per_gpu_hour: Mapped[float] = mapped_column(Float, default=0.0)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    gpu_node_size: Mapped[int | None]
+    gpu_node_free: Mapped[int | None]
     updated_at: Mapped[datetime]
 
 

@@ -63,6 +63,9 @@ class PoolReport:
     interconnect: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     region: str = ""            # empty: the dataplane's region
+    # A pool of several nodes (one job runs on one node); None: the pool is one machine.
+    gpu_node_size: int | None = None    # GPUs of its largest node
+    gpu_node_free: int | None = None    # the most free GPUs on any one node
 
 
 def free_devices(total: int, holdings: Iterable[Holding], pool: str) -> list[int]:

@@ -368,6 +368,7 @@ class Pool:
     gpu_total: int
     gpu_used: int                   # by pods bound to its nodes
     largest_node: int               # allocatable GPUs of its biggest node
+    most_free_on_a_node: int        # one job runs on one node: the most it can get now
 
     @property
     def gpu_free(self) -> int:
@@ -402,6 +403,9 @@ def pools_of(
             gpu_total=sum(node.gpus for node in members),
             gpu_used=sum(min(used_on.get(node.name, 0), node.gpus) for node in members),
             largest_node=max(node.gpus for node in members),
+            most_free_on_a_node=max(
+                node.gpus - min(used_on.get(node.name, 0), node.gpus) for node in members
+            ),
         )
     return pools
 
@@ -410,14 +414,16 @@ def pool_reports(
     pools: Mapping[str, Pool], waiting: Mapping[str, int], rules: NodeRules
 ) -> list[PoolReport]:
     """The heartbeat's view: ``waiting`` is GPUs of this agent's pods not yet scheduled,
-    per pool; they are as good as taken."""
-    return [
-        PoolReport(
+    per pool; they are as good as taken (from any node: the most free on one node is
+    bounded by the pool's free GPUs after them)."""
+    reports = []
+    for pool in pools.values():
+        free = max(0, pool.gpu_free - waiting.get(pool.name, 0))
+        reports.append(PoolReport(
             name=pool.name, purchase_type=pool.key.purchase_type, gpu_model=pool.key.gpu_model,
-            gpu_memory_gb=pool.key.gpu_memory_gb, gpu_total=pool.gpu_total,
-            gpu_free=max(0, pool.gpu_free - waiting.get(pool.name, 0)),
+            gpu_memory_gb=pool.key.gpu_memory_gb, gpu_total=pool.gpu_total, gpu_free=free,
             price_per_gpu_hour=rules.price(pool.key.purchase_type, pool.key.gpu_model),
-            region=pool.key.region,
-        )
-        for pool in pools.values()
-    ]
+            region=pool.key.region, gpu_node_size=pool.largest_node,
+            gpu_node_free=min(pool.most_free_on_a_node, free),
+        ))
+    return reports

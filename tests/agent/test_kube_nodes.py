@@ -668,11 +668,22 @@ def test_pool_reports_subtract_waiting_gpus_and_never_go_below_zero() -> None:
     assert reports == [
         PoolReport(name="a100-80gb-reserved", purchase_type="reserved", gpu_model="A100",
                    gpu_memory_gb=80, gpu_total=8, gpu_free=1, price_per_gpu_hour=4.0,
-                   region="us-east1"),
+                   region="us-east1", gpu_node_size=8, gpu_node_free=1),
         PoolReport(name="h100-80gb-spot", purchase_type="spot", gpu_model="H100",
                    gpu_memory_gb=80, gpu_total=4, gpu_free=0, price_per_gpu_hour=2.5,
-                   region="us-east1"),
+                   region="us-east1", gpu_node_size=4, gpu_node_free=0),
     ]
+
+
+def test_one_job_gets_at_most_the_most_free_gpus_on_one_node() -> None:
+    """Two 8-GPU nodes with 4 free each: 8 free, but an 8-GPU job fits on neither."""
+    nodes = [read_node(node("a", gpus="8"), RULES), read_node(node("b", gpus="8"), RULES)]
+    pools = pools_of(nodes, [gpu_pod("a", 4), gpu_pod("b", 4)])
+
+    report, = pool_reports(pools, {}, RULES)
+
+    assert (report.gpu_total, report.gpu_free) == (16, 8)
+    assert (report.gpu_node_size, report.gpu_node_free) == (8, 4)
 
 
 # -- prices -------------------------------------------------------------------------------------

@@ -205,6 +205,12 @@ class FakeAgent:
 
 
 @asynccontextmanager
+async def policy_client(port: int) -> AsyncIterator[admin_pb2_grpc.PolicyServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield admin_pb2_grpc.PolicyServiceStub(channel)
+
+
+@asynccontextmanager
 async def job_client(port: int) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield jobs_pb2_grpc.JobServiceStub(channel)

@@ -18,6 +18,7 @@ from tests.control_plane.harness import (
     gpu_pool,
     job_client,
     job_spec,
+    policy_client,
     status,
     wait_for_phase,
 )
@@ -430,4 +431,38 @@ async def test_inputs_travel_to_the_agent_and_outputs_come_back(database_url: st
             await submit(jobs, job_spec(inputs=b"x" * (4 * 1024 * 1024 + 1)))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "pass large data by URI" in (caught.value.details() or "")
+        await agent.close()
+
+
+async def test_a_job_must_fit_on_one_node_of_a_multi_node_pool(database_url: str) -> None:
+    """A Kubernetes pool of two 8-GPU nodes with 4 GPUs free on each has 8 free, yet an
+    8-GPU job fits on neither node: it waits; a 16-GPU job can never run and is refused."""
+    async with (
+        control_plane(database_url, schedule_interval_s=3600) as (cp, _),
+        job_client(cp.port) as jobs,
+        policy_client(cp.port) as policies,
+    ):
+        nodes = gpu_pool("a100", model="A100", total=16, free=8)
+        nodes.gpu_node_size, nodes.gpu_node_free = 8, 4
+        agent = FakeAgent(cp.port, "gke", [nodes])
+        await agent.join()
+        await asyncio.sleep(0.1)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await submit(jobs, job_spec(gpus=16, model="A100"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "(largest: 8 on one node in gke/a100)" in (caught.value.details() or "")
+
+        big = await submit(jobs, job_spec(gpus=8, model="A100"))
+        await cp.scheduler.tick()
+        explained = await policies.ExplainJob(admin_pb2.ExplainJobRequest(job_id=big.id))
+        assert [c.reason for c in explained.candidates] == [
+            "4 of 16 GPUs free on one node < 8 asked"]
+
+        small = await submit(jobs, job_spec(gpus=4, model="A100"))
+        await cp.scheduler.tick()
+        big_job = await jobs.Get(jobs_pb2.GetJobRequest(job_id=big.id))
+        small_job = await jobs.Get(jobs_pb2.GetJobRequest(job_id=small.id))
+        assert big_job.phase == P.JOB_PHASE_QUEUED
+        assert (small_job.phase, small_job.dataplane) == (P.JOB_PHASE_SCHEDULED, "gke")
         await agent.close()

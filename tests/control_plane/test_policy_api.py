@@ -4,9 +4,6 @@ placements (residency, quota, rule priority, submit-time refusal)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import grpc
 import pytest
 from fleet.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, types_pb2
@@ -17,6 +14,7 @@ from tests.control_plane.harness import (
     gpu_pool,
     job_client,
     job_spec,
+    policy_client,
     status,
     wait_for_phase,
 )
@@ -37,12 +35,6 @@ rules:
 default:
   tiers: [reserved, on_demand, spot]
 """
-
-
-@asynccontextmanager
-async def policy_client(port: int) -> AsyncIterator[admin_pb2_grpc.PolicyServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield admin_pb2_grpc.PolicyServiceStub(channel)
 
 
 async def two_regions(port: int) -> tuple[FakeAgent, FakeAgent]:

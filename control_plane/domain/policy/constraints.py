@@ -110,6 +110,10 @@ def job_exclusion(demand: Demand, pool: PoolRecord) -> Exclusion | None:
             )
     if demand.gpus > pool.gpu_total:
         return Exclusion(SIZE, "pool has {} GPUs in all < {} asked", (pool.gpu_total, demand.gpus))
+    if demand.gpus > pool.gpus_per_job:
+        return Exclusion(
+            SIZE, "largest node has {} GPUs < {} asked", (pool.gpus_per_job, demand.gpus)
+        )
     if demand.allow_spot is False and pool.purchase_type is PurchaseType.SPOT:
         return Exclusion(JOB_SPOT, "spot capacity refused by the job")
     return None

@@ -533,6 +533,8 @@ class Pool(_message.Message):
     INTERCONNECT_FIELD_NUMBER: _builtins.int
     PRICE_PER_GPU_HOUR_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    GPU_NODE_SIZE_FIELD_NUMBER: _builtins.int
+    GPU_NODE_FREE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     region: _builtins.str
     cloud: _builtins.str
@@ -543,6 +545,14 @@ class Pool(_message.Message):
     gpu_free: _builtins.int
     interconnect: _builtins.str
     price_per_gpu_hour: _builtins.float
+    gpu_node_size: _builtins.int
+    """A pool of several machines (a Kubernetes node pool): one job runs on one node, so it can
+    ask for at most gpu_node_size GPUs and get at most gpu_node_free now. Unset: the pool is
+    one machine (gpu_total and gpu_free).
+    GPUs of the pool's largest node
+    """
+    gpu_node_free: _builtins.int
+    """the most free GPUs on any one node"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -559,12 +569,21 @@ class Pool(_message.Message):
         interconnect: _builtins.str = ...,
         price_per_gpu_hour: _builtins.float = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        gpu_node_size: _builtins.int | None = ...,
+        gpu_node_free: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpu_node_free", b"_gpu_node_free", "_gpu_node_size", b"_gpu_node_size", "gpu_node_free", b"gpu_node_free", "gpu_node_size", b"gpu_node_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloud", b"cloud", "gpu_free", b"gpu_free", "gpu_memory_gb", b"gpu_memory_gb", "gpu_model", b"gpu_model", "gpu_total", b"gpu_total", "interconnect", b"interconnect", "labels", b"labels", "name", b"name", "price_per_gpu_hour", b"price_per_gpu_hour", "purchase_type", b"purchase_type", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpu_node_free", b"_gpu_node_free", "_gpu_node_size", b"_gpu_node_size", "cloud", b"cloud", "gpu_free", b"gpu_free", "gpu_memory_gb", b"gpu_memory_gb", "gpu_model", b"gpu_model", "gpu_node_free", b"gpu_node_free", "gpu_node_size", b"gpu_node_size", "gpu_total", b"gpu_total", "interconnect", b"interconnect", "labels", b"labels", "name", b"name", "price_per_gpu_hour", b"price_per_gpu_hour", "purchase_type", b"purchase_type", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gpu_node_free: _TypeAlias = _typing.Literal["gpu_node_free"]  # noqa: Y015
+    _WhichOneofArgType__gpu_node_free: _TypeAlias = _typing.Literal["_gpu_node_free", b"_gpu_node_free"]  # noqa: Y015
+    _WhichOneofReturnType__gpu_node_size: _TypeAlias = _typing.Literal["gpu_node_size"]  # noqa: Y015
+    _WhichOneofArgType__gpu_node_size: _TypeAlias = _typing.Literal["_gpu_node_size", b"_gpu_node_size"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_node_free) -> _WhichOneofReturnType__gpu_node_free | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_node_size) -> _WhichOneofReturnType__gpu_node_size | None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
 

@@ -10,6 +10,8 @@ import grpc
 import pytest
 from fleet.v1 import admin_pb2_grpc, jobs_pb2_grpc
 
+import control_plane
+from control_plane.settings import ControlPlaneSettings
 from tests.cli.fakes import FakeFleet
 
 
@@ -36,3 +38,15 @@ def unreachable_address() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[ControlPlaneSettings]:
+    """Runs `fleet control-plane` without serving: the settings each call would serve."""
+    calls: list[ControlPlaneSettings] = []
+
+    def serve(settings: ControlPlaneSettings, extra_services: object = ()) -> None:
+        calls.append(settings)
+
+    monkeypatch.setattr(control_plane, "serve", serve, raising=False)
+    return calls

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from typer.testing import CliRunner, Result
 
-import control_plane
 from control_plane.registry.database import alembic_config
 from control_plane.registry.tables import Base
 from control_plane.settings import ControlPlaneSettings
@@ -122,17 +121,6 @@ def test_an_unreachable_server_exits_1_with_the_reason() -> None:
     shown = f"postgresql+psycopg://fleet:***@127.0.0.1:{port}/fleet"
     assert result.stderr.startswith(f"error: cannot migrate {shown}: ")
     assert "refused" in result.stderr
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[ControlPlaneSettings]:
-    calls: list[ControlPlaneSettings] = []
-
-    def serve(settings: ControlPlaneSettings, extra_services: object = ()) -> None:
-        calls.append(settings)
-
-    monkeypatch.setattr(control_plane, "serve", serve, raising=False)
-    return calls
 
 
 def test_control_plane_reads_the_database_url_from_the_environment(

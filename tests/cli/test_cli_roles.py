@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-import control_plane
 import dataplane_agent
 from control_plane.settings import ControlPlaneSettings
 from dataplane_agent.settings import AgentSettings
@@ -17,17 +16,6 @@ from fleet_cli.main import app
 def fleet(*args: str, env: dict[str, str | None] | None = None) -> Result:
     runner = CliRunner(env={"COLUMNS": "250", "FLEET_JOIN_TOKEN": None, **(env or {})})
     return runner.invoke(app, list(args))
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[ControlPlaneSettings]:
-    calls: list[ControlPlaneSettings] = []
-
-    def serve(settings: ControlPlaneSettings, extra_services: object = ()) -> None:
-        calls.append(settings)
-
-    monkeypatch.setattr(control_plane, "serve", serve, raising=False)
-    return calls
 
 
 @pytest.fixture
@@ -109,6 +97,13 @@ def test_agent_flags_reach_the_settings_and_its_exit_code_is_ours(
         )
     ]
     assert fleet(*common, "--join-token", "wrong").exit_code == 7
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    assert fleet(*common, "--kubeconfig", str(kubeconfig)).exit_code == 0
+    assert agents_run[-1].kubeconfig == kubeconfig
+    missing = fleet(*common, "--kubeconfig", str(tmp_path / "nope"))
+    assert missing.exit_code == 2 and "--kubeconfig" in missing.stderr
 
 
 def test_agent_needs_an_existing_pools_file(

@@ -35,6 +35,7 @@ class AgentProcess:
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()     # e.g. --kubeconfig for a kubernetes pool file
+    control_plane: str = ""              # the address it dials; empty: the fleet's
 
 
 @dataclass
@@ -108,14 +109,19 @@ class LocalFleet:
         )
 
     def add_agent(
-        self, name: str, pool_file: dict[str, Any], extra_args: tuple[str, ...] = ()
+        self,
+        name: str,
+        pool_file: dict[str, Any],
+        extra_args: tuple[str, ...] = (),
+        control_plane: str = "",
     ) -> AgentProcess:
         folder = self.root / "agents" / name
         folder.mkdir(parents=True, exist_ok=True)
         pools_file = folder / "pools.yaml"
         pools_file.write_text(yaml.safe_dump(pool_file, sort_keys=False))
         agent = AgentProcess(
-            name, pools_file, folder / "work", folder / "agent.log", extra_args=extra_args
+            name, pools_file, folder / "work", folder / "agent.log", extra_args=extra_args,
+            control_plane=control_plane,
         )
         self.agents[name] = agent
         self.start_agent(name)
@@ -127,7 +133,7 @@ class LocalFleet:
             [
                 "agent",
                 "--control-plane",
-                self.address,
+                agent.control_plane or self.address,
                 "--pools",
                 str(agent.pools_file),
                 "--workdir",
@@ -136,6 +142,13 @@ class LocalFleet:
             ],
             agent.log_file,
         )
+
+    def kill_control_plane(self, sig: int = signal.SIGKILL) -> None:
+        """Kill (or signal) the control plane and wait for it; start_control_plane again
+        brings it back on the same port and database."""
+        if self.control_plane is not None:
+            self.control_plane.send_signal(sig)
+            self.control_plane.wait(STOP_TIMEOUT_S)
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.agents[name].process

@@ -29,7 +29,7 @@ from control_plane.domain.records import DataplaneRecord
 from control_plane.domain.usage import usage_by_project
 from control_plane.registry import DataplaneStore, PlacementOrder, PolicyStore, SchedulingStore
 from control_plane.sessions import SessionHub
-from control_plane.wire import demand_from_json, launch_message
+from control_plane.wire import cancel_message, demand_from_json, launch_message
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,11 @@ class Scheduler:
         connected = self._hub.connected()
         return [
             DataplaneView(
-                r.name, self._timers.health(r.last_heartbeat_at, now), r.name in connected, r.pools
+                r.name,
+                self._timers.health(r.last_heartbeat_at, now),
+                r.name in connected,
+                r.pools,
+                r.unavailable_because,
             )
             for r in records
         ]
@@ -104,6 +108,7 @@ class Scheduler:
     async def _tick(self) -> PassResult:
         records = await self._dataplanes.list_dataplanes()
         expired = await self._expire_lost(records)
+        await self._preempt_drained()
         placed, waiting = 0, 0
         while True:
             placed_now, waiting_now, full = await self._place_batch(records)
@@ -190,6 +195,13 @@ class Scheduler:
             log.info("placed %s on %s/%s", attempt.id, attempt.dataplane, attempt.pool)
         self._hub.notify_jobs(attempt.job_id for attempt, _ in created)
         return len(created), len(queued) - len(created), len(queued) == self._batch
+
+    async def _preempt_drained(self) -> None:
+        """Stop what still runs on dataplanes whose drain deadline passed (see
+        domain/cordon.py); their jobs requeue when the agents confirm."""
+        for attempt in await self._dataplanes.preempt_drained(self._clock.now()):
+            log.warning("drain deadline of %s passed: stopping %s", attempt.dataplane, attempt.id)
+            self._hub.send(attempt.dataplane, cancel_message(attempt.id, "drain deadline passed"))
 
     async def _expire_lost(self, records: list[DataplaneRecord]) -> int:
         now = self._clock.now()

@@ -128,7 +128,7 @@ async def start(
         server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(dataplanes, hub, clock, timers), server
+        AdminService(dataplanes, hub, clock, timers, scheduler), server
     )
     admin_pb2_grpc.add_PolicyServiceServicer_to_server(
         PolicyService(policies, jobs, dataplanes, scheduler, clock), server

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from fleet.v1 import admin_pb2, agent_pb2, types_pb2
 from google.protobuf import json_format, timestamp_pb2
 
+from control_plane.domain.cordon import DataplaneState
 from control_plane.domain.phases import AttemptPhase, DataplaneHealth, JobPhase, PurchaseType
 from control_plane.domain.placement import Decision, JobDemand
 from control_plane.domain.reconcile import ReportedAttempt
@@ -29,13 +30,19 @@ _PREFIX: dict[type[StrEnum], str] = {
     AttemptPhase: "ATTEMPT_PHASE_",
     PurchaseType: "PURCHASE_TYPE_",
     DataplaneHealth: "DATAPLANE_HEALTH_",
+    DataplaneState: "DATAPLANE_STATE_",
 }
 _PROTO_ENUM: dict[type[StrEnum], Any] = {
     JobPhase: types_pb2.JobPhase,
     AttemptPhase: types_pb2.AttemptPhase,
     PurchaseType: types_pb2.PurchaseType,
     DataplaneHealth: types_pb2.DataplaneHealth,
+    DataplaneState: admin_pb2.DataplaneState,
 }
+
+
+# SIGTERM (or a pod's deletion) to SIGKILL when the control plane stops an attempt.
+CANCEL_GRACE_S = 30
 
 
 def enum_to_proto(value: StrEnum) -> int:
@@ -237,6 +244,9 @@ def dataplane_to_proto(
         pools=[pool_to_proto(p) for p in record.pools],
         active_attempts=record.active_attempts,
         labels=dict(record.labels),
+        state=enum_to_proto(record.state),  # type: ignore[arg-type]
+        cordon_reason=record.cordon_reason,
+        drain_deadline=timestamp(record.drain_deadline),
     )
 
 
@@ -271,3 +281,11 @@ def launch_message(attempt: AttemptRecord, spec: Mapping[str, Any]) -> agent_pb2
             spec=spec_from_json(spec),
         )
     )
+
+
+def cancel_message(attempt_id: str, reason: str) -> agent_pb2.ControlMessage:
+    message = agent_pb2.ControlMessage(
+        cancel=agent_pb2.Cancel(attempt_id=attempt_id, reason=reason)
+    )
+    message.cancel.grace_period.FromSeconds(CANCEL_GRACE_S)
+    return message

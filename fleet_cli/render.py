@@ -47,6 +47,16 @@ def health_word(health: int) -> str:
     return enum_word(types_pb2.DataplaneHealth.DESCRIPTOR, health)
 
 
+def state_text(dataplane: admin_pb2.Dataplane, now: datetime) -> str:
+    """active, cordoned, draining (12m left), drained; with the operator's reason."""
+    word = enum_word(admin_pb2.DataplaneState.DESCRIPTOR, dataplane.state)
+    if dataplane.state == admin_pb2.DATAPLANE_STATE_DRAINING:
+        deadline = dataplane.drain_deadline.ToDatetime(tzinfo=UTC)
+        left = max(timedelta(0), deadline - now)
+        word += f" ({duration_text(left)} left)" if left else " (deadline passed)"
+    return f"{word}: {dataplane.cordon_reason}" if dataplane.cordon_reason else word
+
+
 def purchase_word(purchase_type: int) -> str:
     return enum_word(types_pb2.PurchaseType.DESCRIPTOR, purchase_type)
 
@@ -251,7 +261,7 @@ def jobs_table(jobs: Sequence[types_pb2.Job], now: datetime) -> Table:
 
 def dataplanes_table(dataplanes: Sequence[admin_pb2.Dataplane], now: datetime) -> Table:
     table = Table()
-    for column in ("dataplane", "region", "cloud", "health", "connected", "heartbeat"):
+    for column in ("dataplane", "region", "cloud", "state", "health", "connected", "heartbeat"):
         table.add_column(column)
     table.add_column("pools (free/total GPUs)")
     table.add_column("active", justify="right")
@@ -261,6 +271,7 @@ def dataplanes_table(dataplanes: Sequence[admin_pb2.Dataplane], now: datetime) -
                 dataplane.name,
                 dataplane.region,
                 dataplane.cloud,
+                state_text(dataplane, now),
                 health_word(dataplane.health),
                 "yes" if dataplane.connected else "no",
                 age_text(dataplane.last_heartbeat_at, now),

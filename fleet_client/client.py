@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from types import TracebackType
 from typing import TypeVar
 
@@ -241,6 +242,21 @@ class FleetClient:
     def list_dataplanes(self) -> list[admin_pb2.Dataplane]:
         response = self._unary(self._admin.ListDataplanes, admin_pb2.ListDataplanesRequest())
         return list(response.dataplanes)
+
+    def cordon_dataplane(self, name: str, reason: str = "") -> admin_pb2.Dataplane:
+        request = admin_pb2.CordonDataplaneRequest(name=name, reason=reason)
+        return self._unary(self._admin.CordonDataplane, request)
+
+    def drain_dataplane(
+        self, name: str, deadline: timedelta, reason: str = ""
+    ) -> admin_pb2.Dataplane:
+        request = admin_pb2.DrainDataplaneRequest(name=name, reason=reason)
+        request.deadline.FromTimedelta(deadline)
+        return self._unary(self._admin.DrainDataplane, request)
+
+    def uncordon_dataplane(self, name: str) -> admin_pb2.Dataplane:
+        request = admin_pb2.UncordonDataplaneRequest(name=name)
+        return self._unary(self._admin.UncordonDataplane, request)
 
     # -- PolicyService ---------------------------------------------------------------------
 

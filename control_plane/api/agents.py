@@ -17,14 +17,13 @@ import grpc
 from fleet.v1 import agent_pb2, agent_pb2_grpc
 
 from control_plane.api.errors import Context, refuse
-from control_plane.api.jobs import cancel_message
 from control_plane.api.validation import name_problem
 from control_plane.clock import Clock
 from control_plane.domain.records import PoolRecord
 from control_plane.registry import DataplaneStore, ReportOutcome
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import AgentSession, SessionHub
-from control_plane.wire import launch_message, pool_from_proto, reported_from_proto
+from control_plane.wire import cancel_message, launch_message, pool_from_proto, reported_from_proto
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
-from fleet.v1 import agent_pb2, jobs_pb2, jobs_pb2_grpc, types_pb2
+from fleet.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 from control_plane.api.errors import Context, refuse
 from control_plane.api.validation import DEFAULT_DOMAIN, DEFAULT_RETRY_BUDGET, spec_problems
@@ -21,6 +21,7 @@ from control_plane.registry import DataplaneStore, JobStore
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.wire import (
+    cancel_message,
     demand_from_json,
     enum_from_proto,
     event_to_proto,
@@ -195,14 +196,6 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         if job is None:
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
         return job
-
-
-def cancel_message(attempt_id: str, reason: str) -> agent_pb2.ControlMessage:
-    message = agent_pb2.ControlMessage(
-        cancel=agent_pb2.Cancel(attempt_id=attempt_id, reason=reason)
-    )
-    message.cancel.grace_period.FromSeconds(30)
-    return message
 
 
 def _new_job(spec: types_pb2.JobSpec, client_key: str) -> NewJob:

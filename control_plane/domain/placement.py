@@ -61,6 +61,7 @@ class DataplaneView:
     health: DataplaneHealth
     connected: bool
     pools: tuple[PoolRecord, ...]
+    unavailable_because: str = ""   # cordoned or draining: why it takes no new work
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,8 @@ _NO_USAGE = QuotaLedger()  # only read
 
 
 def _unavailable(view: DataplaneView) -> Exclusion | None:
+    if view.unavailable_because:
+        return Exclusion(HEALTH, "{}", (view.unavailable_because,))
     if not view.connected:
         return Exclusion(HEALTH, "dataplane is not connected")
     if view.health is not DataplaneHealth.HEALTHY:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from control_plane.domain.cordon import DataplaneState, dataplane_state, unavailable_because
 from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType
 
 
@@ -50,6 +51,18 @@ class DataplaneRecord:
     last_heartbeat_at: datetime | None
     pools: tuple[PoolRecord, ...]
     active_attempts: int
+    cordoned_at: datetime | None = None
+    cordon_reason: str = ""
+    drain_deadline: datetime | None = None
+
+    @property
+    def state(self) -> DataplaneState:
+        return dataplane_state(self.cordoned_at, self.drain_deadline, self.active_attempts)
+
+    @property
+    def unavailable_because(self) -> str:
+        """Why it takes no new work; "" when it does."""
+        return unavailable_because(self.state, self.cordon_reason, self.drain_deadline)
 
 
 @dataclass(frozen=True)

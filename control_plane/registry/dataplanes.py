@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from control_plane.domain.cordon import drain_message
 from control_plane.domain.phases import AttemptPhase
 from control_plane.domain.reconcile import (
     AttemptChange,
@@ -162,9 +163,68 @@ class DataplaneStore:
                 last_heartbeat_at=row.last_heartbeat_at,
                 pools=tuple(by_dataplane.get(row.name, [])),
                 active_attempts=int(active.get(row.name, 0)),
+                cordoned_at=row.cordoned_at,
+                cordon_reason=row.cordon_reason,
+                drain_deadline=row.drain_deadline,
             )
             for row in dataplanes
         ]
+
+    async def cordon(
+        self, name: str, reason: str, drain_deadline: datetime | None, now: datetime
+    ) -> bool:
+        """Cordon (drain_deadline None) or drain; False for an unknown dataplane. Cordoning
+        a draining dataplane keeps its deadline; a new drain sets the new one."""
+        async with self._db.write() as session:
+            row = await session.get(DataplaneRow, name, with_for_update=True)
+            if row is None:
+                return False
+            row.cordoned_at = row.cordoned_at or now
+            row.cordon_reason = reason
+            if drain_deadline is not None:
+                row.drain_deadline = drain_deadline
+        return True
+
+    async def uncordon(self, name: str) -> bool:
+        async with self._db.write() as session:
+            row = await session.get(DataplaneRow, name, with_for_update=True)
+            if row is None:
+                return False
+            row.cordoned_at, row.cordon_reason, row.drain_deadline = None, "", None
+        return True
+
+    async def preempt_drained(self, now: datetime) -> list[AttemptRecord]:
+        """Mark the live attempts of dataplanes whose drain deadline passed to be stopped
+        (once); returns them, so that the caller tells their agents."""
+        async with self._db.write() as session:
+            drained = (
+                sa.select(DataplaneRow.name)
+                .where(DataplaneRow.drain_deadline.is_not(None), DataplaneRow.drain_deadline <= now)
+                .scalar_subquery()
+            )
+            rows = list(
+                await session.scalars(
+                    sa.select(AttemptRow)
+                    .where(
+                        AttemptRow.dataplane.in_(drained),
+                        AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
+                        AttemptRow.preempt_reason.is_(None),
+                    )
+                    .with_for_update()
+                )
+            )
+            reasons = {
+                row.name: row.cordon_reason
+                for row in await session.scalars(
+                    sa.select(DataplaneRow).where(
+                        DataplaneRow.name.in_({attempt.dataplane for attempt in rows})
+                    )
+                )
+            }
+            for attempt in rows:
+                attempt.cancel_requested = True
+                attempt.preempt_reason = drain_message(reasons.get(attempt.dataplane, ""))
+            return [attempt_record(row) for row in rows]
 
 
 

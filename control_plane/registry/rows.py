@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane.domain.cordon import DRAINED_REASON
 from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType, job_after_attempt
 from control_plane.domain.reconcile import AttemptChange
 from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, PoolRecord
@@ -116,6 +118,12 @@ async def apply_attempt_change(
     Returns whether the job changed. A fenced attempt (not the job's current one) is
     recorded for the history but never moves the job.
     """
+    if change.phase is AttemptPhase.CANCELLED and attempt.preempt_reason is not None:
+        # Stopped by the control plane to take the capacity away: a free retry elsewhere.
+        change = replace(
+            change, phase=AttemptPhase.PREEMPTED, reason=DRAINED_REASON,
+            message=attempt.preempt_reason,
+        )
     attempt.phase = change.phase.value
     attempt.reason = change.reason or attempt.reason
     attempt.message = change.message or attempt.message

@@ -59,6 +59,10 @@ class DataplaneRow(Base):
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     first_seen_at: Mapped[datetime]
     last_heartbeat_at: Mapped[datetime | None]
+    # Cordon and drain (see domain/cordon.py): no new work while cordoned_at is set.
+    cordoned_at: Mapped[datetime | None]
+    cordon_reason: Mapped[str] = mapped_column(String(1024), default="")
+    drain_deadline: Mapped[datetime | None]
 
 
 class PoolRow(Base):
@@ -129,6 +133,9 @@ class AttemptRow(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     exit_code: Mapped[int | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # Set when the control plane stops the attempt to take capacity away (a drain's
+    # deadline): its CANCELLED end is then recorded as PREEMPTED, a free retry.
+    preempt_reason: Mapped[str | None] = mapped_column(String(1024))
     # True once a heartbeat listed this attempt: from then on the pool's reported free
     # GPUs account for it. Until then its GPUs are held by the scheduler.
     counted_in_pool: Mapped[bool] = mapped_column(default=False)

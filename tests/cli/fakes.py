@@ -54,6 +54,8 @@ class FakeFleet(
     max_page_size: int = 1000
     log_chunks: list[types_pb2.LogChunk] = field(default_factory=list)
     dataplanes: list[admin_pb2.Dataplane] = field(default_factory=list)
+    # Cordon, drain and uncordon requests, in order.
+    dataplane_changes: list[object] = field(default_factory=list)
     # PolicyService: what the client sent ...
     applies: list[admin_pb2.ApplyPolicyRequest] = field(default_factory=list)
     policy_gets: list[admin_pb2.GetPolicyRequest] = field(default_factory=list)
@@ -174,6 +176,31 @@ class FakeFleet(
     def ListDataplanes(self, request, context):  # type: ignore[no-untyped-def]
         self._fail_if_scripted("ListDataplanes", context)
         return admin_pb2.ListDataplanesResponse(dataplanes=self.dataplanes)
+
+    def _change_dataplane(self, request, context, state, deadline=None):  # type: ignore[no-untyped-def]
+        self.dataplane_changes.append(request)
+        for dataplane in self.dataplanes:
+            if dataplane.name == request.name:
+                dataplane.state = state
+                dataplane.cordon_reason = getattr(request, "reason", "")
+                if deadline is not None:
+                    dataplane.drain_deadline.CopyFrom(deadline)
+                return dataplane
+        context.abort(grpc.StatusCode.NOT_FOUND, f"name: no dataplane named {request.name!r}")
+
+    def CordonDataplane(self, request, context):  # type: ignore[no-untyped-def]
+        return self._change_dataplane(request, context, admin_pb2.DATAPLANE_STATE_CORDONED)
+
+    def DrainDataplane(self, request, context):  # type: ignore[no-untyped-def]
+        deadline = Timestamp()
+        deadline.GetCurrentTime()
+        deadline.seconds += request.deadline.seconds
+        return self._change_dataplane(
+            request, context, admin_pb2.DATAPLANE_STATE_DRAINING, deadline
+        )
+
+    def UncordonDataplane(self, request, context):  # type: ignore[no-untyped-def]
+        return self._change_dataplane(request, context, admin_pb2.DATAPLANE_STATE_ACTIVE)
 
     # -- PolicyService --
 

@@ -369,3 +369,35 @@ def test_dataplanes_json(two_dataplanes: FakeFleet) -> None:
     assert [d["name"] for d in dataplanes] == ["eu-west", "onprem"]
     assert dataplanes[0]["pools"][0]["gpu_free"] == 6
     assert dataplanes[0]["health"] == "DATAPLANE_HEALTH_HEALTHY"
+
+
+def test_cordon_drain_and_uncordon(two_dataplanes: FakeFleet) -> None:
+    address = two_dataplanes.address
+    cordoned = fleet(address, "dataplanes", "cordon", "eu-west", "--reason", "kernel upgrade")
+    assert cordoned.exit_code == 0, cordoned.output
+    assert "cordoned: kernel upgrade" in cordoned.stdout
+
+    drained = fleet(address, "dataplanes", "drain", "eu-west", "--deadline", "45m",
+                    "--reason", "node pool upgrade")
+    assert drained.exit_code == 0, drained.output
+    row = next(line for line in drained.stdout.splitlines() if "eu-west" in line)
+    assert "draining (44m" in row or "draining (45m" in row
+    assert "node pool upgrade" in drained.stdout
+
+    back = fleet(address, "-o", "json", "dataplanes", "uncordon", "eu-west")
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.stdout)["state"] == "DATAPLANE_STATE_ACTIVE"
+    cordon, drain, uncordon = two_dataplanes.dataplane_changes
+    assert isinstance(drain, admin_pb2.DrainDataplaneRequest)
+    assert (drain.name, drain.reason, drain.deadline.seconds) == (
+        "eu-west", "node pool upgrade", 45 * 60)
+
+
+def test_drain_refuses_a_bad_deadline_and_an_unknown_dataplane(two_dataplanes: FakeFleet) -> None:
+    bad = fleet(two_dataplanes.address, "dataplanes", "drain", "eu-west", "--deadline", "soon")
+    assert bad.exit_code == 2
+    assert "--deadline" in bad.stderr
+    assert two_dataplanes.dataplane_changes == []
+    unknown = fleet(two_dataplanes.address, "dataplanes", "cordon", "nope")
+    assert unknown.exit_code == 1    # like any unknown name (see `fleet --help`)
+    assert "no dataplane named 'nope'" in unknown.stderr

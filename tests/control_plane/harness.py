@@ -216,6 +216,13 @@ async def job_client(port: int) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]:
         yield jobs_pb2_grpc.JobServiceStub(channel)
 
 
+async def submit(
+    jobs: jobs_pb2_grpc.JobServiceStub, spec: types_pb2.JobSpec, key: str = ""
+) -> types_pb2.Job:
+    response = await jobs.Submit(jobs_pb2.SubmitRequest(spec=spec, client_key=key))
+    return response.job
+
+
 async def wait_for_phase(
     jobs: jobs_pb2_grpc.JobServiceStub, job_id: str, phase: int, timeout: float = 5.0
 ) -> types_pb2.Job:

@@ -20,6 +20,7 @@ from tests.control_plane.harness import (
     job_spec,
     policy_client,
     status,
+    submit,
     wait_for_phase,
 )
 
@@ -29,11 +30,6 @@ A_RUNNING, A_SUCCEEDED, A_FAILED = (
     P.ATTEMPT_PHASE_SUCCEEDED,
     P.ATTEMPT_PHASE_FAILED,
 )
-
-
-async def submit(jobs, spec: types_pb2.JobSpec, key: str = "") -> types_pb2.Job:  # type: ignore[no-untyped-def]
-    response = await jobs.Submit(jobs_pb2.SubmitRequest(spec=spec, client_key=key))
-    return response.job  # type: ignore[no-any-return]
 
 
 async def test_a_job_runs_on_an_agent_and_succeeds(database_url: str) -> None:

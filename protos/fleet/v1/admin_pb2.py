@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from fleet.v1 import types_pb2 as fleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/admin.proto\x12\x08\x66leet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66leet/v1/types.proto\"\x17\n\x15ListDataplanesRequest\"A\n\x16ListDataplanesResponse\x12\'\n\ndataplanes\x18\x01 \x03(\x0b\x32\x13.fleet.v1.Dataplane\"\xdc\x02\n\tDataplane\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\x12)\n\x06health\x18\x04 \x01(\x0e\x32\x19.fleet.v1.DataplaneHealth\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x35\n\x11last_heartbeat_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x1d\n\x05pools\x18\x08 \x03(\x0b\x32\x0e.fleet.v1.Pool\x12\x17\n\x0f\x61\x63tive_attempts\x18\t \x01(\r\x12/\n\x06labels\x18\n \x03(\x0b\x32\x1f.fleet.v1.Dataplane.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\rPolicyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"m\n\x12\x41pplyPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x13\n\x0breplay_jobs\x18\x05 \x01(\r\"j\n\rRoutingChange\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x04 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x05 \x01(\t\x12\x0b\n\x03why\x18\x06 \x01(\t\"{\n\x13\x41pplyPolicyResponse\x12(\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x17.fleet.v1.PolicyVersion\x12\x10\n\x08replayed\x18\x02 \x01(\r\x12(\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x17.fleet.v1.RoutingChange\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1b\n\x19ListPolicyVersionsRequest\"X\n\x1aListPolicyVersionsResponse\x12)\n\x08versions\x18\x01 \x03(\x0b\x32\x17.fleet.v1.PolicyVersion\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x04\"8\n\x15RollbackPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"#\n\x11\x45xplainJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x17\x45xplainPlacementRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.fleet.v1.JobSpec\"\x96\x01\n\x14\x43\x61ndidateExplanation\x12\x11\n\tdataplane\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12-\n\rpurchase_type\x18\x04 \x01(\x0e\x32\x16.fleet.v1.PurchaseType\x12\x0e\n\x06\x63hosen\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x9a\x01\n\x0b\x45xplanation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x04\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x32\n\ncandidates\x18\x06 \x03(\x0b\x32\x1e.fleet.v1.CandidateExplanation2c\n\x0c\x41\x64minService\x12S\n\x0eListDataplanes\x12\x1f.fleet.v1.ListDataplanesRequest\x1a .fleet.v1.ListDataplanesResponse2\xda\x03\n\rPolicyService\x12J\n\x0b\x41pplyPolicy\x12\x1c.fleet.v1.ApplyPolicyRequest\x1a\x1d.fleet.v1.ApplyPolicyResponse\x12@\n\tGetPolicy\x12\x1a.fleet.v1.GetPolicyRequest\x1a\x17.fleet.v1.PolicyVersion\x12_\n\x12ListPolicyVersions\x12#.fleet.v1.ListPolicyVersionsRequest\x1a$.fleet.v1.ListPolicyVersionsResponse\x12J\n\x0eRollbackPolicy\x12\x1f.fleet.v1.RollbackPolicyRequest\x1a\x17.fleet.v1.PolicyVersion\x12@\n\nExplainJob\x12\x1b.fleet.v1.ExplainJobRequest\x1a\x15.fleet.v1.Explanation\x12L\n\x10\x45xplainPlacement\x12!.fleet.v1.ExplainPlacementRequest\x1a\x15.fleet.v1.Explanationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/admin.proto\x12\x08\x66leet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66leet/v1/types.proto\"6\n\x16\x43ordonDataplaneRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"b\n\x15\x44rainDataplaneRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"(\n\x18UncordonDataplaneRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15ListDataplanesRequest\"A\n\x16ListDataplanesResponse\x12\'\n\ndataplanes\x18\x01 \x03(\x0b\x32\x13.fleet.v1.Dataplane\"\xd0\x03\n\tDataplane\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\x12)\n\x06health\x18\x04 \x01(\x0e\x32\x19.fleet.v1.DataplaneHealth\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x35\n\x11last_heartbeat_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x1d\n\x05pools\x18\x08 \x03(\x0b\x32\x0e.fleet.v1.Pool\x12\x17\n\x0f\x61\x63tive_attempts\x18\t \x01(\r\x12/\n\x06labels\x18\n \x03(\x0b\x32\x1f.fleet.v1.Dataplane.LabelsEntry\x12\'\n\x05state\x18\x0b \x01(\x0e\x32\x18.fleet.v1.DataplaneState\x12\x15\n\rcordon_reason\x18\x0c \x01(\t\x12\x32\n\x0e\x64rain_deadline\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\rPolicyVersion\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"m\n\x12\x41pplyPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x13\n\x0breplay_jobs\x18\x05 \x01(\r\"j\n\rRoutingChange\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x04 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x05 \x01(\t\x12\x0b\n\x03why\x18\x06 \x01(\t\"{\n\x13\x41pplyPolicyResponse\x12(\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x17.fleet.v1.PolicyVersion\x12\x10\n\x08replayed\x18\x02 \x01(\r\x12(\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x17.fleet.v1.RoutingChange\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1b\n\x19ListPolicyVersionsRequest\"X\n\x1aListPolicyVersionsResponse\x12)\n\x08versions\x18\x01 \x03(\x0b\x32\x17.fleet.v1.PolicyVersion\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x04\"8\n\x15RollbackPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"#\n\x11\x45xplainJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x17\x45xplainPlacementRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.fleet.v1.JobSpec\"\x96\x01\n\x14\x43\x61ndidateExplanation\x12\x11\n\tdataplane\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12-\n\rpurchase_type\x18\x04 \x01(\x0e\x32\x16.fleet.v1.PurchaseType\x12\x0e\n\x06\x63hosen\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x9a\x01\n\x0b\x45xplanation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x04\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x32\n\ncandidates\x18\x06 \x03(\x0b\x32\x1e.fleet.v1.CandidateExplanation*\xa6\x01\n\x0e\x44\x61taplaneState\x12\x1f\n\x1b\x44\x41TAPLANE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x41TAPLANE_STATE_ACTIVE\x10\x01\x12\x1c\n\x18\x44\x41TAPLANE_STATE_CORDONED\x10\x02\x12\x1c\n\x18\x44\x41TAPLANE_STATE_DRAINING\x10\x03\x12\x1b\n\x17\x44\x41TAPLANE_STATE_DRAINED\x10\x04\x32\xc3\x02\n\x0c\x41\x64minService\x12S\n\x0eListDataplanes\x12\x1f.fleet.v1.ListDataplanesRequest\x1a .fleet.v1.ListDataplanesResponse\x12H\n\x0f\x43ordonDataplane\x12 .fleet.v1.CordonDataplaneRequest\x1a\x13.fleet.v1.Dataplane\x12\x46\n\x0e\x44rainDataplane\x12\x1f.fleet.v1.DrainDataplaneRequest\x1a\x13.fleet.v1.Dataplane\x12L\n\x11UncordonDataplane\x12\".fleet.v1.UncordonDataplaneRequest\x1a\x13.fleet.v1.Dataplane2\xda\x03\n\rPolicyService\x12J\n\x0b\x41pplyPolicy\x12\x1c.fleet.v1.ApplyPolicyRequest\x1a\x1d.fleet.v1.ApplyPolicyResponse\x12@\n\tGetPolicy\x12\x1a.fleet.v1.GetPolicyRequest\x1a\x17.fleet.v1.PolicyVersion\x12_\n\x12ListPolicyVersions\x12#.fleet.v1.ListPolicyVersionsRequest\x1a$.fleet.v1.ListPolicyVersionsResponse\x12J\n\x0eRollbackPolicy\x12\x1f.fleet.v1.RollbackPolicyRequest\x1a\x17.fleet.v1.PolicyVersion\x12@\n\nExplainJob\x12\x1b.fleet.v1.ExplainJobRequest\x1a\x15.fleet.v1.Explanation\x12L\n\x10\x45xplainPlacement\x12!.fleet.v1.ExplainPlacementRequest\x1a\x15.fleet.v1.Explanationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +36,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DATAPLANE_LABELSENTRY']._loaded_options = None
   _globals['_DATAPLANE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LISTDATAPLANESREQUEST']._serialized_start=89
-  _globals['_LISTDATAPLANESREQUEST']._serialized_end=112
-  _globals['_LISTDATAPLANESRESPONSE']._serialized_start=114
-  _globals['_LISTDATAPLANESRESPONSE']._serialized_end=179
-  _globals['_DATAPLANE']._serialized_start=182
-  _globals['_DATAPLANE']._serialized_end=530
-  _globals['_DATAPLANE_LABELSENTRY']._serialized_start=485
-  _globals['_DATAPLANE_LABELSENTRY']._serialized_end=530
-  _globals['_POLICYVERSION']._serialized_start=533
-  _globals['_POLICYVERSION']._serialized_end=664
-  _globals['_APPLYPOLICYREQUEST']._serialized_start=666
-  _globals['_APPLYPOLICYREQUEST']._serialized_end=775
-  _globals['_ROUTINGCHANGE']._serialized_start=777
-  _globals['_ROUTINGCHANGE']._serialized_end=883
-  _globals['_APPLYPOLICYRESPONSE']._serialized_start=885
-  _globals['_APPLYPOLICYRESPONSE']._serialized_end=1008
-  _globals['_GETPOLICYREQUEST']._serialized_start=1010
-  _globals['_GETPOLICYREQUEST']._serialized_end=1045
-  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_start=1047
-  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_end=1074
-  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_start=1076
-  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_end=1164
-  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1166
-  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1222
-  _globals['_EXPLAINJOBREQUEST']._serialized_start=1224
-  _globals['_EXPLAINJOBREQUEST']._serialized_end=1259
-  _globals['_EXPLAINPLACEMENTREQUEST']._serialized_start=1261
-  _globals['_EXPLAINPLACEMENTREQUEST']._serialized_end=1319
-  _globals['_CANDIDATEEXPLANATION']._serialized_start=1322
-  _globals['_CANDIDATEEXPLANATION']._serialized_end=1472
-  _globals['_EXPLANATION']._serialized_start=1475
-  _globals['_EXPLANATION']._serialized_end=1629
-  _globals['_ADMINSERVICE']._serialized_start=1631
-  _globals['_ADMINSERVICE']._serialized_end=1730
-  _globals['_POLICYSERVICE']._serialized_start=1733
-  _globals['_POLICYSERVICE']._serialized_end=2207
+  _globals['_DATAPLANESTATE']._serialized_start=1978
+  _globals['_DATAPLANESTATE']._serialized_end=2144
+  _globals['_CORDONDATAPLANEREQUEST']._serialized_start=121
+  _globals['_CORDONDATAPLANEREQUEST']._serialized_end=175
+  _globals['_DRAINDATAPLANEREQUEST']._serialized_start=177
+  _globals['_DRAINDATAPLANEREQUEST']._serialized_end=275
+  _globals['_UNCORDONDATAPLANEREQUEST']._serialized_start=277
+  _globals['_UNCORDONDATAPLANEREQUEST']._serialized_end=317
+  _globals['_LISTDATAPLANESREQUEST']._serialized_start=319
+  _globals['_LISTDATAPLANESREQUEST']._serialized_end=342
+  _globals['_LISTDATAPLANESRESPONSE']._serialized_start=344
+  _globals['_LISTDATAPLANESRESPONSE']._serialized_end=409
+  _globals['_DATAPLANE']._serialized_start=412
+  _globals['_DATAPLANE']._serialized_end=876
+  _globals['_DATAPLANE_LABELSENTRY']._serialized_start=831
+  _globals['_DATAPLANE_LABELSENTRY']._serialized_end=876
+  _globals['_POLICYVERSION']._serialized_start=879
+  _globals['_POLICYVERSION']._serialized_end=1010
+  _globals['_APPLYPOLICYREQUEST']._serialized_start=1012
+  _globals['_APPLYPOLICYREQUEST']._serialized_end=1121
+  _globals['_ROUTINGCHANGE']._serialized_start=1123
+  _globals['_ROUTINGCHANGE']._serialized_end=1229
+  _globals['_APPLYPOLICYRESPONSE']._serialized_start=1231
+  _globals['_APPLYPOLICYRESPONSE']._serialized_end=1354
+  _globals['_GETPOLICYREQUEST']._serialized_start=1356
+  _globals['_GETPOLICYREQUEST']._serialized_end=1391
+  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_start=1393
+  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_end=1420
+  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_start=1422
+  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_end=1510
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1512
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1568
+  _globals['_EXPLAINJOBREQUEST']._serialized_start=1570
+  _globals['_EXPLAINJOBREQUEST']._serialized_end=1605
+  _globals['_EXPLAINPLACEMENTREQUEST']._serialized_start=1607
+  _globals['_EXPLAINPLACEMENTREQUEST']._serialized_end=1665
+  _globals['_CANDIDATEEXPLANATION']._serialized_start=1668
+  _globals['_CANDIDATEEXPLANATION']._serialized_end=1818
+  _globals['_EXPLANATION']._serialized_start=1821
+  _globals['_EXPLANATION']._serialized_end=1975
+  _globals['_ADMINSERVICE']._serialized_start=2147
+  _globals['_ADMINSERVICE']._serialized_end=2470
+  _globals['_POLICYSERVICE']._serialized_start=2473
+  _globals['_POLICYSERVICE']._serialized_end=2947
 # @@protoc_insertion_point(module_scope)

@@ -6,9 +6,11 @@ What the operators of the fleet see and change."""
 from collections import abc as _abc
 from fleet.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,104 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DataplaneState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataplaneStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataplaneState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATAPLANE_STATE_UNSPECIFIED: _DataplaneState.ValueType  # 0
+    DATAPLANE_STATE_ACTIVE: _DataplaneState.ValueType  # 1
+    """gets new work"""
+    DATAPLANE_STATE_CORDONED: _DataplaneState.ValueType  # 2
+    """no new work; running jobs go on"""
+    DATAPLANE_STATE_DRAINING: _DataplaneState.ValueType  # 3
+    """cordoned, and jobs still there are preempted at the deadline"""
+    DATAPLANE_STATE_DRAINED: _DataplaneState.ValueType  # 4
+    """drained and empty: safe to take down"""
+
+class DataplaneState(_DataplaneState, metaclass=_DataplaneStateEnumTypeWrapper): ...
+
+DATAPLANE_STATE_UNSPECIFIED: DataplaneState.ValueType  # 0
+DATAPLANE_STATE_ACTIVE: DataplaneState.ValueType  # 1
+"""gets new work"""
+DATAPLANE_STATE_CORDONED: DataplaneState.ValueType  # 2
+"""no new work; running jobs go on"""
+DATAPLANE_STATE_DRAINING: DataplaneState.ValueType  # 3
+"""cordoned, and jobs still there are preempted at the deadline"""
+DATAPLANE_STATE_DRAINED: DataplaneState.ValueType  # 4
+"""drained and empty: safe to take down"""
+Global___DataplaneState: _TypeAlias = DataplaneState  # noqa: Y015
+
+@_typing.final
+class CordonDataplaneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CordonDataplaneRequest: _TypeAlias = CordonDataplaneRequest  # noqa: Y015
+
+@_typing.final
+class DrainDataplaneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """From now; 0 preempts at once. Jobs still running then are stopped and requeued."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainDataplaneRequest: _TypeAlias = DrainDataplaneRequest  # noqa: Y015
+
+@_typing.final
+class UncordonDataplaneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UncordonDataplaneRequest: _TypeAlias = UncordonDataplaneRequest  # noqa: Y015
 
 @_typing.final
 class ListDataplanesRequest(_message.Message):
@@ -89,6 +189,9 @@ class Dataplane(_message.Message):
     POOLS_FIELD_NUMBER: _builtins.int
     ACTIVE_ATTEMPTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CORDON_REASON_FIELD_NUMBER: _builtins.int
+    DRAIN_DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     region: _builtins.str
     cloud: _builtins.str
@@ -97,12 +200,18 @@ class Dataplane(_message.Message):
     """holds a stream to this control plane now"""
     agent_version: _builtins.str
     active_attempts: _builtins.int
+    state: Global___DataplaneState.ValueType
+    cordon_reason: _builtins.str
     @_builtins.property
     def last_heartbeat_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Pool]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def drain_deadline(self) -> _timestamp_pb2.Timestamp:
+        """set while draining or drained"""
+
     def __init__(
         self,
         *,
@@ -116,10 +225,13 @@ class Dataplane(_message.Message):
         pools: _abc.Iterable[_types_pb2.Pool] | None = ...,
         active_attempts: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        state: Global___DataplaneState.ValueType = ...,
+        cordon_reason: _builtins.str = ...,
+        drain_deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_at", b"last_heartbeat_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_deadline", b"drain_deadline", "last_heartbeat_at", b"last_heartbeat_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_attempts", b"active_attempts", "agent_version", b"agent_version", "cloud", b"cloud", "connected", b"connected", "health", b"health", "labels", b"labels", "last_heartbeat_at", b"last_heartbeat_at", "name", b"name", "pools", b"pools", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_attempts", b"active_attempts", "agent_version", b"agent_version", "cloud", b"cloud", "connected", b"connected", "cordon_reason", b"cordon_reason", "drain_deadline", b"drain_deadline", "health", b"health", "labels", b"labels", "last_heartbeat_at", b"last_heartbeat_at", "name", b"name", "pools", b"pools", "region", b"region", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

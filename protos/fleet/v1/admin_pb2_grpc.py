@@ -39,6 +39,21 @@ class AdminServiceStub:
                 request_serializer=fleet_dot_v1_dot_admin__pb2.ListDataplanesRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_admin__pb2.ListDataplanesResponse.FromString,
                 _registered_method=True)
+        self.CordonDataplane = channel.unary_unary(
+                '/fleet.v1.AdminService/CordonDataplane',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.CordonDataplaneRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+                _registered_method=True)
+        self.DrainDataplane = channel.unary_unary(
+                '/fleet.v1.AdminService/DrainDataplane',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.DrainDataplaneRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+                _registered_method=True)
+        self.UncordonDataplane = channel.unary_unary(
+                '/fleet.v1.AdminService/UncordonDataplane',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.UncordonDataplaneRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -50,6 +65,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonDataplane(self, request, context):
+        """No new work on the dataplane; what runs there goes on. NOT_FOUND for an unknown name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainDataplane(self, request, context):
+        """Cordon, and at the deadline preempt what still runs there (a free retry elsewhere).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonDataplane(self, request, context):
+        """Back to work: ends a cordon or a drain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +93,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListDataplanes,
                     request_deserializer=fleet_dot_v1_dot_admin__pb2.ListDataplanesRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_admin__pb2.ListDataplanesResponse.SerializeToString,
+            ),
+            'CordonDataplane': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonDataplane,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.CordonDataplaneRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.Dataplane.SerializeToString,
+            ),
+            'DrainDataplane': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainDataplane,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.DrainDataplaneRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.Dataplane.SerializeToString,
+            ),
+            'UncordonDataplane': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonDataplane,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.UncordonDataplaneRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.Dataplane.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +137,87 @@ class AdminService:
             '/fleet.v1.AdminService/ListDataplanes',
             fleet_dot_v1_dot_admin__pb2.ListDataplanesRequest.SerializeToString,
             fleet_dot_v1_dot_admin__pb2.ListDataplanesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonDataplane(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/CordonDataplane',
+            fleet_dot_v1_dot_admin__pb2.CordonDataplaneRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainDataplane(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/DrainDataplane',
+            fleet_dot_v1_dot_admin__pb2.DrainDataplaneRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonDataplane(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/UncordonDataplane',
+            fleet_dot_v1_dot_admin__pb2.UncordonDataplaneRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
             options,
             channel_credentials,
             insecure,

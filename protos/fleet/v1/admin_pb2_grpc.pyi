@@ -32,11 +32,23 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     ListDataplanes: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDataplanesRequest, _admin_pb2.ListDataplanesResponse]
+    CordonDataplane: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CordonDataplaneRequest, _admin_pb2.Dataplane]
+    """No new work on the dataplane; what runs there goes on. NOT_FOUND for an unknown name."""
+    DrainDataplane: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainDataplaneRequest, _admin_pb2.Dataplane]
+    """Cordon, and at the deadline preempt what still runs there (a free retry elsewhere)."""
+    UncordonDataplane: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UncordonDataplaneRequest, _admin_pb2.Dataplane]
+    """Back to work: ends a cordon or a drain."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListDataplanes: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDataplanesRequest, _admin_pb2.ListDataplanesResponse]  # type: ignore[assignment]
+    CordonDataplane: _aio.UnaryUnaryMultiCallable[_admin_pb2.CordonDataplaneRequest, _admin_pb2.Dataplane]  # type: ignore[assignment]
+    """No new work on the dataplane; what runs there goes on. NOT_FOUND for an unknown name."""
+    DrainDataplane: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainDataplaneRequest, _admin_pb2.Dataplane]  # type: ignore[assignment]
+    """Cordon, and at the deadline preempt what still runs there (a free retry elsewhere)."""
+    UncordonDataplane: _aio.UnaryUnaryMultiCallable[_admin_pb2.UncordonDataplaneRequest, _admin_pb2.Dataplane]  # type: ignore[assignment]
+    """Back to work: ends a cordon or a drain."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,6 +57,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListDataplanesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListDataplanesResponse, _abc.Awaitable[_admin_pb2.ListDataplanesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CordonDataplane(
+        self,
+        request: _admin_pb2.CordonDataplaneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Dataplane, _abc.Awaitable[_admin_pb2.Dataplane]]:
+        """No new work on the dataplane; what runs there goes on. NOT_FOUND for an unknown name."""
+
+    @_abc_1.abstractmethod
+    def DrainDataplane(
+        self,
+        request: _admin_pb2.DrainDataplaneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Dataplane, _abc.Awaitable[_admin_pb2.Dataplane]]:
+        """Cordon, and at the deadline preempt what still runs there (a free retry elsewhere)."""
+
+    @_abc_1.abstractmethod
+    def UncordonDataplane(
+        self,
+        request: _admin_pb2.UncordonDataplaneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Dataplane, _abc.Awaitable[_admin_pb2.Dataplane]]:
+        """Back to work: ends a cordon or a drain."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

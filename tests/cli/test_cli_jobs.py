@@ -388,6 +388,8 @@ def test_cordon_drain_and_uncordon(two_dataplanes: FakeFleet) -> None:
     assert back.exit_code == 0, back.output
     assert json.loads(back.stdout)["state"] == "DATAPLANE_STATE_ACTIVE"
     cordon, drain, uncordon = two_dataplanes.dataplane_changes
+    assert isinstance(cordon, admin_pb2.CordonDataplaneRequest)
+    assert isinstance(uncordon, admin_pb2.UncordonDataplaneRequest)
     assert isinstance(drain, admin_pb2.DrainDataplaneRequest)
     assert (drain.name, drain.reason, drain.deadline.seconds) == (
         "eu-west", "node pool upgrade", 45 * 60)

@@ -48,7 +48,9 @@ JOB_SCRIPT = (
 )
 
 
-def job_spec(key: str, runs_log: Path, seconds: float, retry_budget: int | None) -> types_pb2.JobSpec:
+def job_spec(
+    key: str, runs_log: Path, seconds: float, retry_budget: int | None
+) -> types_pb2.JobSpec:
     spec = types_pb2.JobSpec(
         project=PROJECT,
         name=key,
@@ -114,15 +116,10 @@ class LoadGenerator:
     def stop_generating(self) -> None:
         self._generating.clear()
 
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until every generated key is acknowledged (or refused); False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._keys.empty() and self._in_flight == 0:
-                    return True
-            time.sleep(0.1)
-        return False
+    def idle(self) -> bool:
+        """True once every generated key is acknowledged (or refused)."""
+        with self._lock:
+            return self._keys.empty() and self._in_flight == 0
 
     def abort(self) -> None:
         self._generating.clear()

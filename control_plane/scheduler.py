@@ -1,5 +1,6 @@
 """The scheduler: reads the queue and the fleet, asks the pure placement for a plan,
-applies the plan in one transaction, then tells the agents. It also runs the lost timer.
+applies the plan in one transaction, then tells the agents. It also runs the lost timer
+and a drain's deadline. Of several replicas on one database only the leader runs passes.
 
 One place applies plans (`SchedulingStore.apply`); the plan itself comes from
 `domain.placement`, which has no I/O and is tested directly.
@@ -27,7 +28,13 @@ from control_plane.domain.policy import (
 )
 from control_plane.domain.records import DataplaneRecord
 from control_plane.domain.usage import usage_by_project
-from control_plane.registry import DataplaneStore, PlacementOrder, PolicyStore, SchedulingStore
+from control_plane.registry import (
+    DataplaneStore,
+    Leadership,
+    PlacementOrder,
+    PolicyStore,
+    SchedulingStore,
+)
 from control_plane.sessions import SessionHub
 from control_plane.wire import cancel_message, demand_from_json, launch_message
 
@@ -51,9 +58,13 @@ class Scheduler:
         clock: Clock,
         timers: Timers,
         *,
+        leadership: Leadership | None = None,
         interval_s: float = 1.0,
         batch: int = 1000,
     ) -> None:
+        # Replicas on one database: only the leader runs passes (None: this one always).
+        self._leadership = leadership
+        self._leading = False
         self._scheduling = scheduling
         self._dataplanes = dataplanes
         self._hub = hub
@@ -71,14 +82,18 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def leading(self) -> bool:
+        """Whether this replica ran the last passes (tests and status)."""
+        return self._leadership is None or self._leading
+
     def views(self, records: list[DataplaneRecord]) -> list[DataplaneView]:
         now = self._clock.now()
-        connected = self._hub.connected()
         return [
             DataplaneView(
                 r.name,
                 self._timers.health(r.last_heartbeat_at, now),
-                r.name in connected,
+                r.connected,
                 r.pools,
                 r.unavailable_because,
             )
@@ -94,12 +109,28 @@ class Scheduler:
                 async with asyncio.timeout(self._interval_s):
                     await self._wake.wait()
             self._wake.clear()
+            if not await self._lead():
+                continue
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scheduler pass failed; retrying in %.1fs", self._interval_s)
+
+    async def _lead(self) -> bool:
+        """Whether this replica should run a pass now (taking the lead if nobody has it)."""
+        if self._leadership is None:
+            return True
+        leading = await self._leadership.hold()
+        if leading and not self._leading:
+            # Count silence from now: agents of a dead leader need time to reconnect here.
+            self._timers.started_at = self._clock.now()
+            log.warning("this control plane now runs the scheduler")
+        elif self._leading and not leading:
+            log.warning("this control plane no longer runs the scheduler")
+        self._leading = leading
+        return leading
 
     async def tick(self) -> PassResult:
         async with self._pass_lock:

@@ -3,7 +3,8 @@
 Each connected dataplane has one session with an outbox of control messages; the agent
 servicer drains it into the stream. A newer stream of the same dataplane replaces the
 older one (the agent reconnected). Log requests travel down the session and their chunks
-come back here, matched by request id.
+come back here, matched by request id. A message for a dataplane whose stream another
+replica holds goes through the relay.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fleet.v1 import agent_pb2, types_pb2
+
+from control_plane.relay import Relay
 
 
 @dataclass
@@ -36,7 +39,9 @@ class AgentSession:
 
 
 class SessionHub:
-    def __init__(self) -> None:
+    def __init__(self, relay: Relay | None = None) -> None:
+        self._relay = relay
+        self._relaying: set[asyncio.Task[bool]] = set()
         self._sessions: dict[str, AgentSession] = {}
         self._log_requests: dict[str, asyncio.Queue[types_pb2.LogChunk]] = {}
         self._request_ids = itertools.count(1)
@@ -63,7 +68,21 @@ class SessionHub:
         return set(self._sessions)
 
     def send(self, dataplane: str, message: agent_pb2.ControlMessage) -> bool:
-        """Send if the dataplane is connected here; the next heartbeat reconciles otherwise."""
+        """Send if the dataplane is connected here, else hand it to the replica holding its
+        stream (in the background). False when not sent here; the next heartbeat
+        reconciles whatever a relay loses."""
+        if self.send_here(dataplane, message):
+            return True
+        if self._relay is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._relay.deliver(dataplane, [message])
+            )
+            self._relaying.add(task)
+            task.add_done_callback(self._relaying.discard)
+        return False
+
+    def send_here(self, dataplane: str, message: agent_pb2.ControlMessage) -> bool:
+        """Send only if this replica holds the dataplane's stream."""
         session = self._sessions.get(dataplane)
         if session is None:
             return False
@@ -82,7 +101,7 @@ class SessionHub:
                 request_id=request_id, attempt_id=attempt_id, tail_bytes=tail_bytes
             )
         )
-        if not self.send(dataplane, message):
+        if not self.send_here(dataplane, message):
             del self._log_requests[request_id]
             return None
         return request_id, queue

@@ -26,3 +26,7 @@ class ControlPlaneSettings:
     # migration job instead and starts replicas with migrate=False.
     migrate: bool = True
     port_file: str | None = None
+    # host:port where the other replicas on this database reach this one (to hand over
+    # messages for the agents connected here). Empty: the listen address, with the
+    # machine's host name when listening on every interface.
+    advertise: str = ""

@@ -1,5 +1,8 @@
 """The agent's one long-lived stream to the control plane, and its reconnect loop.
 
+The agent may be given several control-plane replicas (comma-separated addresses): it keeps
+to one while that works and moves to the next when a session fails or ends.
+
 A session: dial, send Hello, await Welcome, send a full Heartbeat at once and then every
 heartbeat interval, pass every phase change on as an AttemptUpdate, and act on what the
 control plane sends (launch, cancel, forget, drain, log requests). When the stream breaks
@@ -90,6 +93,9 @@ class Connection:
         self._seq = 0
         self._drain: _Drain | None = None
         self._welcomed_at: float | None = None   # of the current session
+        # Replicas of the control plane: stay with one while it works, move on when not.
+        self._targets = [t.strip() for t in settings.control_plane.split(",") if t.strip()]
+        self._target = 0
 
     def on_attempt_change(self, status: AttemptStatus) -> None:
         """The launcher's listener: send a phase change at once (dropped between sessions;
@@ -121,12 +127,14 @@ class Connection:
                     problem = str(error)
                 _stop_if_cancelled()
                 delay = self._next_delay(backoff)
+                failed = self._targets[self._target]
+                self._target = (self._target + 1) % len(self._targets)
                 if self._welcomed_at is None:
-                    log.warning("cannot reach the control plane at %s (%s); retrying in %.1fs",
-                                self._settings.control_plane, problem, delay)
+                    log.warning("cannot reach the control plane at %s (%s); trying %s in %.1fs",
+                                failed, problem, self._targets[self._target], delay)
                 else:
-                    log.warning("connection to %s lost (%s); reconnecting in %.1fs",
-                                self._settings.control_plane, problem, delay)
+                    log.warning("connection to %s lost (%s); reconnecting to %s in %.1fs",
+                                failed, problem, self._targets[self._target], delay)
                 await asyncio.sleep(delay)
         finally:
             if self._drain is not None and self._drain.task is not None:
@@ -145,7 +153,7 @@ class Connection:
 
     async def _session(self, launcher: Launcher) -> None:
         """One stream from Hello to its end."""
-        target = self._settings.control_plane
+        target = self._targets[self._target]
         async with create_channel(target, self._settings.keepalive_s) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class AgentSettings:
-    control_plane: str            # host:port the agent dials
+    control_plane: str            # host:port the agent dials; replicas: comma-separated
     pools_file: Path              # YAML: the dataplane and its GPU pools
     join_token: str
     workdir: Path                 # one folder per attempt lives under workdir/attempts

@@ -108,6 +108,13 @@ def parse_host_port(text: str) -> str:
     return text
 
 
+def parse_host_ports(text: str) -> str:
+    """One or more HOST:PORT, comma-separated (control-plane replicas). Returned unchanged."""
+    for part in text.split(","):
+        parse_host_port(part.strip())
+    return text
+
+
 def parse_job_phase(text: str) -> types_pb2.JobPhase.ValueType:
     """'queued', 'running', ... (as the CLI prints them), any case."""
     word = text.strip().lower()

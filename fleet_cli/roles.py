@@ -112,6 +112,17 @@ def control_plane(
         Path | None,
         typer.Option(metavar="PATH", help="Write the bound port here once listening."),
     ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            parser=option_parser(parse.parse_host_port),
+            metavar="HOST:PORT",
+            envvar="FLEET_ADVERTISE",
+            help="Where the other replicas on this database reach this one (default: the "
+            "listen address; the host name when listening on every interface).",
+            show_default=False,
+        ),
+    ] = None,
     flyte_connector: Annotated[
         bool,
         typer.Option(
@@ -135,6 +146,7 @@ def control_plane(
         "stale_after_s": _seconds(stale_after),
         "lost_after_s": _seconds(lost_after),
         "port_file": str(port_file) if port_file else None,
+        "advertise": advertise,
     }
     settings = dataclasses.replace(
         ControlPlaneSettings(join_token=join_token, migrate=migrate),
@@ -249,9 +261,10 @@ def agent(
     control_plane: Annotated[
         str,
         typer.Option(
-            parser=option_parser(parse.parse_host_port),
-            metavar="HOST:PORT",
-            help="The control plane to dial.",
+            parser=option_parser(parse.parse_host_ports),
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="The control plane to dial; replicas comma-separated (the agent moves to "
+            "the next when one fails).",
             show_default=False,
         ),
     ],

@@ -75,13 +75,15 @@ class NetProxy:
         """Close every open connection, both sides, at once; returns how many there were."""
         with self._lock:
             links = list(self._links)
+            self._links.clear()
         for link in links:
             link.close()
         return len(links)
 
     def open_connections(self) -> int:
+        """Connections accepted and not closed yet (held ones during a cut included)."""
         with self._lock:
-            return len(self._links)
+            return sum(not link.closed for link in self._links)
 
     def stop(self) -> None:
         """Stop listening and close every connection."""

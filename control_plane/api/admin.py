@@ -16,7 +16,6 @@ from control_plane.domain.health import Timers
 from control_plane.domain.records import DataplaneRecord
 from control_plane.registry import DataplaneStore
 from control_plane.scheduler import Scheduler
-from control_plane.sessions import SessionHub
 from control_plane.wire import dataplane_to_proto
 
 MAX_DRAIN_DEADLINE = timedelta(days=30)
@@ -26,13 +25,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         dataplanes: DataplaneStore,
-        hub: SessionHub,
         clock: Clock,
         timers: Timers,
         scheduler: Scheduler,
     ) -> None:
         self._dataplanes = dataplanes
-        self._hub = hub
         self._clock = clock
         self._timers = timers
         self._scheduler = scheduler
@@ -100,4 +97,4 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     def _to_proto(self, record: DataplaneRecord) -> admin_pb2.Dataplane:
         health = self._timers.health(record.last_heartbeat_at, self._clock.now())
-        return dataplane_to_proto(record, health, record.name in self._hub.connected())
+        return dataplane_to_proto(record, health, record.connected)

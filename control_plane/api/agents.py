@@ -20,7 +20,7 @@ from control_plane.api.errors import Context, refuse
 from control_plane.api.validation import name_problem
 from control_plane.clock import Clock
 from control_plane.domain.records import PoolRecord
-from control_plane.registry import DataplaneStore, ReportOutcome
+from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import AgentSession, SessionHub
 from control_plane.wire import cancel_message, launch_message, pool_from_proto, reported_from_proto
@@ -45,7 +45,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         *,
         join_token: str,
         heartbeat_interval: timedelta,
+        replicas: ReplicaStore,
+        replica_id: str,
     ) -> None:
+        self._replicas = replicas
+        self._replica_id = replica_id
         self._dataplanes = dataplanes
         self._scheduler = scheduler
         self._hub = hub
@@ -68,6 +72,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self._clock.now(),
         )
         session = self._hub.open(hello.dataplane)
+        await self._replicas.claim_stream(hello.dataplane, self._replica_id)
         log.info(
             "dataplane %s connected (session %s, agent %s)",
             hello.dataplane,
@@ -88,6 +93,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             self._hub.close(session, "stream ended")
+            if self._hub.get(hello.dataplane) is None:   # not reconnected here meanwhile
+                await self._replicas.release_stream(hello.dataplane, self._replica_id)
             self._scheduler.wake()
             log.info("dataplane %s disconnected: %s", hello.dataplane, session.closed_reason)
         error = None if reader.cancelled() else reader.exception()

@@ -18,6 +18,7 @@ from control_plane.domain.phases import JobPhase
 from control_plane.domain.placement import never_fits
 from control_plane.domain.records import JobRecord, NewJob
 from control_plane.registry import DataplaneStore, JobStore
+from control_plane.relay import RELAYED_HEADER, Relay
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.wire import (
@@ -43,7 +44,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         scheduler: Scheduler,
         hub: SessionHub,
         clock: Clock,
+        relay: Relay | None = None,
     ) -> None:
+        self._relay = relay
         self._jobs = jobs
         self._dataplanes = dataplanes
         self._scheduler = scheduler
@@ -160,6 +163,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         relay = self._hub.request_log(
             attempt.dataplane, attempt.id, request.tail_bytes or DEFAULT_LOG_TAIL
         )
+        if relay is None and not _relayed(context) and self._relay is not None:
+            address = await self._relay.holder(attempt.dataplane)
+            if address is not None:   # another replica holds the stream: ask it
+                try:
+                    async for chunk in self._relay.logs(address, request):
+                        yield chunk
+                except grpc.aio.AioRpcError as error:
+                    await refuse(context, error.code(), error.details() or "log relay failed")
+                return
         if relay is None:
             await refuse(
                 context,
@@ -222,3 +234,8 @@ def _decode_token(token: str) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(created), job_id
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+def _relayed(context: Context) -> bool:
+    """A Logs call another replica forwarded here: answer from this replica's streams."""
+    return any(key == RELAYED_HEADER for key, _ in context.invocation_metadata() or ())

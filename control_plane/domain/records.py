@@ -54,6 +54,11 @@ class DataplaneRecord:
     cordoned_at: datetime | None = None
     cordon_reason: str = ""
     drain_deadline: datetime | None = None
+    stream_replica: str | None = None   # the control-plane replica holding its stream
+
+    @property
+    def connected(self) -> bool:
+        return self.stream_replica is not None
 
     @property
     def state(self) -> DataplaneState:

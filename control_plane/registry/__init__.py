@@ -2,7 +2,8 @@
 
 `Database` owns the engine and migrations; each store groups the queries of one caller:
 `JobStore` (the job API), `SchedulingStore` (the scheduler), `DataplaneStore` (agents and
-admin), `PolicyStore` (routing policy versions). Stores take and return plain records
+admin), `PolicyStore` (routing policy versions), `ReplicaStore` and `Leadership` (control
+planes sharing the database). Stores take and return plain records
 from `control_plane.domain.records`.
 """
 
@@ -10,6 +11,7 @@ from control_plane.registry.database import Database, DatabaseUrlError, redact
 from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome
 from control_plane.registry.jobs import JobStore
 from control_plane.registry.policies import PolicyStore
+from control_plane.registry.replicas import Leadership, ReplicaStore
 from control_plane.registry.scheduling import PlacementOrder, QueuedJob, SchedulingStore
 
 __all__ = [
@@ -17,9 +19,11 @@ __all__ = [
     "DatabaseUrlError",
     "DataplaneStore",
     "JobStore",
+    "Leadership",
     "PlacementOrder",
     "PolicyStore",
     "QueuedJob",
+    "ReplicaStore",
     "ReportOutcome",
     "SchedulingStore",
     "redact",

@@ -3,13 +3,18 @@
 SQLite (the embedded default) allows one writer; concurrent deferred transactions that
 upgrade to writing fail with "database is locked" regardless of busy_timeout, so writes are
 serialised in-process. Postgres needs no lock: writes use conditional UPDATEs.
+
+A Postgres server that is down, restarting or cut off raises DatabaseUnavailable from
+`read` and `write` (the servicers answer UNAVAILABLE: retry later). The pool pings a
+connection before handing it out, so connections that died with a restarted server are
+replaced and the first call after it is back works.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +31,18 @@ from sqlalchemy.ext.asyncio import (
 
 import migrations
 
+# SQLSTATEs that mean "the server is not there for us" rather than "this query failed":
+# class 08 (connection exceptions) and the server shutting down or starting up.
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+_NOT_PSYCOPG = object()
+
 
 class DatabaseUrlError(ValueError):
     pass
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached now (down, restarting, network); retrying may work."""
 
 
 def normalize_url(url: str) -> str:
@@ -66,8 +80,9 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
-            yield session
+        with _unreachable_as_unavailable():
+            async with self._sessions() as session:
+                yield session
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -76,8 +91,9 @@ class Database:
             async with self._write_lock, self._sessions() as session, session.begin():
                 yield session
         else:
-            async with self._sessions() as session, session.begin():
-                yield session
+            with _unreachable_as_unavailable():
+                async with self._sessions() as session, session.begin():
+                    yield session
 
     async def migrate(self) -> None:
         """Upgrade the schema to the newest migration (alembic head)."""
@@ -98,6 +114,34 @@ def _upgrade_to_head(connection: sa.Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether a driver error means the database server cannot be reached (not that a
+    query was wrong or lost a conflict). SQLite's errors never do: it is a local file."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:   # SQLAlchemy saw the connection die mid-use
+        return True
+    # psycopg's errors carry the server's SQLSTATE, None when the server never answered
+    # (connection refused, timed out, closed unexpectedly); SQLite's carry none at all.
+    sqlstate = getattr(error.orig, "sqlstate", _NOT_PSYCOPG)
+    if sqlstate is _NOT_PSYCOPG:
+        return False
+    return sqlstate is None or str(sqlstate).startswith(UNREACHABLE_SQLSTATES)
+
+
+@contextmanager
+def _unreachable_as_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except sa.exc.DBAPIError as error:
+        if not is_unreachable(error):
+            raise
+        # The driver's first line says why (refused, closed, starting up); the rest is
+        # SQLAlchemy's statement and background link, not for callers.
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise DatabaseUnavailable(f"the database is unreachable: {reason}") from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

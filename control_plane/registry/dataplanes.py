@@ -166,6 +166,7 @@ class DataplaneStore:
                 cordoned_at=row.cordoned_at,
                 cordon_reason=row.cordon_reason,
                 drain_deadline=row.drain_deadline,
+                stream_replica=row.stream_replica,
             )
             for row in dataplanes
         ]

@@ -63,6 +63,18 @@ class DataplaneRow(Base):
     cordoned_at: Mapped[datetime | None]
     cordon_reason: Mapped[str] = mapped_column(String(1024), default="")
     drain_deadline: Mapped[datetime | None]
+    # The control-plane replica that holds the agent's stream now; None: not connected.
+    stream_replica: Mapped[str | None] = mapped_column(String(128))
+
+
+class ReplicaRow(Base):
+    """A running control plane, and where the others reach it (see replica.proto)."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    address: Mapped[str] = mapped_column(String(256))
+    started_at: Mapped[datetime]
 
 
 class PoolRow(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -415,3 +416,33 @@ async def test_the_agent_process_stops_on_a_signal_with_exit_code_0(
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+async def test_the_agent_moves_to_another_replica_when_its_control_plane_dies(
+    tmp_path: Path, workdir: Path
+) -> None:
+    first, second = FakeControlPlane(), FakeControlPlane()
+    first_server, first_port = await start_server(first)
+    second_server, second_port = await start_server(second)
+    settings = dataclasses.replace(
+        settings_for(tmp_path, workdir, first_port),
+        control_plane=f"127.0.0.1:{first_port},127.0.0.1:{second_port}",
+    )
+    go = tmp_path / "go"
+    try:
+        async with running_agent(settings):
+            await first.expect("heartbeat", what="on the first replica")
+            await first.send(launch=launch("a1", gated(go)))
+            await first.expect("attempt_update", lambda u: u.status.attempt_id == "a1",
+                               "for the launch")
+            await first_server.stop(grace=None)
+
+            beat = await second.expect("heartbeat", what="on the second replica")
+            assert second.hellos and listed(beat).keys() == {"a1"}   # it kept running
+            go.touch()
+            await second.expect(
+                "attempt_update",
+                lambda u: u.status.phase == types_pb2.ATTEMPT_PHASE_SUCCEEDED, "success")
+            assert len(first.hellos) == 1
+    finally:
+        await second_server.stop(grace=None)

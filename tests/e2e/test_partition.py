@@ -213,8 +213,8 @@ def test_after_a_long_partition_the_old_attempt_is_killed_and_the_job_runs_elsew
     assert _pid_alive(old_pid), "a partition alone does not stop the old attempt"
     # The partition outlives both ends' keepalives: each drops the connection, and the
     # agent's next dial hangs in the partition until it heals.
-    assert p.proxy.drop_connections() == 1
-    wait_until(lambda: p.proxy.open_connections() == 1, 15, "a to dial again", p.fleet)
+    assert p.proxy.drop_connections() >= 1
+    wait_until(lambda: p.proxy.open_connections() >= 1, 15, "a to dial again", p.fleet)
     time.sleep(0.5)
     assert p.health("a") == P.DATAPLANE_HEALTH_LOST
     p.proxy.heal()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.domain.cordon import DRAINED_REASON
@@ -144,9 +145,15 @@ async def apply_attempt_change(
     )
     if step is None:
         return False
+    message = step.message
+    if step.phase is JobPhase.FAILED:
+        earlier = await session.scalars(
+            sa.select(AttemptRow).where(AttemptRow.job_id == job.id, AttemptRow.id != attempt.id)
+        )
+        message += attempt_history([*earlier, attempt])
     job.phase = step.phase.value
     job.retries_used = step.retries_used
-    job.message = step.message if step.phase is not JobPhase.RUNNING else ""
+    job.message = message if step.phase is not JobPhase.RUNNING else ""
     job.updated_at = now
     if step.phase is JobPhase.RUNNING:
         job.started_at = job.started_at or attempt.started_at or now
@@ -154,5 +161,17 @@ async def apply_attempt_change(
         job.finished_at = now
     if step.phase is JobPhase.QUEUED:
         job.current_attempt_id = None
-    add_event(session, job, step.event, step.message, now, attempt.id)
+    add_event(session, job, step.event, message, now, attempt.id)
     return True
+
+
+def attempt_history(attempts: list[AttemptRow]) -> str:
+    """'; attempts: 1 lost on us-east (DataplaneLost), 2 failed on eu (exit code 3)' for a
+    job that failed after retries; empty for a job that had one attempt."""
+    if len(attempts) < 2:
+        return ""
+    parts = [
+        f"{row.epoch} {row.phase} on {row.dataplane} ({row.message or row.reason or '-'})"
+        for row in sorted(attempts, key=lambda a: a.epoch)
+    ]
+    return "; attempts: " + ", ".join(parts)

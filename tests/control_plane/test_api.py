@@ -185,7 +185,10 @@ async def test_failures_spend_the_retry_budget_then_fail_the_job(database_url: s
         await agent.update(status(second.attempt_id, A_FAILED, exit_code=3, message="exit code 3"))
         failed = await wait_for_phase(jobs, job.id, P.JOB_PHASE_FAILED)
         assert failed.retries_used == 1
-        assert failed.message == "attempt failed: exit code 3 (retry budget of 1 spent)"
+        assert failed.message == (
+            "attempt failed: exit code 3 (retry budget of 1 spent); attempts: "
+            "1 failed on onprem (exit code 3), 2 failed on onprem (exit code 3)"
+        )
         assert [a.phase for a in failed.attempts] == [A_FAILED, A_FAILED]
         await agent.close()
 

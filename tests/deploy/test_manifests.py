@@ -239,7 +239,12 @@ def test_the_agent_deployment_is_one_pod_at_a_time_and_listens_on_nothing() -> N
 def test_the_control_plane_is_probed_over_grpc_on_the_port_it_serves() -> None:
     manifests = applied(CONTROL_PLANE_FOLDER)
     deployment = find(manifests, "Deployment", "fleet-control-plane")
-    assert deployment["spec"]["replicas"] == 1
+    # Replicas: each tells the others where it is (its pod IP) for relayed messages.
+    assert deployment["spec"]["replicas"] == 2
+    (container,) = containers(deployment)
+    env = {item["name"]: item for item in container["env"]}
+    assert env["FLEET_ADVERTISE"]["value"] == f"$(POD_IP):{GRPC_PORT}"
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     (container,) = containers(deployment)
     args = container["args"]
     assert args[args.index("--listen") + 1] == f"0.0.0.0:{GRPC_PORT}"
@@ -302,6 +307,9 @@ def mount_volumes(
     return mounts
 
 
+FIELD_EXAMPLES = {"status.podIP": "10.4.0.17", "metadata.name": "fleet-control-plane-0"}
+
+
 def expand(word: str, environment: dict[str, str]) -> str:
     """$(VAR) as Kubernetes expands it in command and args, from the container's env."""
     return ENV_REFERENCE.sub(lambda match: environment[match.group(1)], word)
@@ -339,8 +347,10 @@ def test_the_commands_parse_with_the_real_cli(
         environment: dict[str, str] = {}
         for variable in container.get("env", []):
             source = variable.get("valueFrom", {})
-            if "value" in variable:
-                environment[variable["name"]] = variable["value"]
+            if "value" in variable:   # may use the variables defined before it
+                environment[variable["name"]] = expand(variable["value"], environment)
+            elif ref := source.get("fieldRef"):   # what the kubelet fills in
+                environment[variable["name"]] = FIELD_EXAMPLES[ref["fieldPath"]]
             elif ref := source.get("configMapKeyRef"):
                 environment[variable["name"]] = config_values(manifests, "ConfigMap", ref["name"])[
                     ref["key"]
@@ -349,7 +359,7 @@ def test_the_commands_parse_with_the_real_cli(
                 environment[variable["name"]] = config_values(manifests, "Secret", ref["name"])[
                     ref["key"]
                 ]
-        for name in ("FLEET_ADDRESS", "FLEET_JOIN_TOKEN", "FLEET_DATABASE_URL"):
+        for name in ("FLEET_ADDRESS", "FLEET_JOIN_TOKEN", "FLEET_DATABASE_URL", "FLEET_ADVERTISE"):
             monkeypatch.delenv(name, raising=False)
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
@@ -359,7 +369,8 @@ def test_the_commands_parse_with_the_real_cli(
         argv = [in_container(expand(word, environment), mounts) for word in words[1:]]
         command, params = parse_with_the_cli(argv)
 
-        substituted = {name for word in words for name in ENV_REFERENCE.findall(word)}
+        values = [v["value"] for v in container.get("env", []) if "value" in v]
+        substituted = {name for word in [*words, *values] for name in ENV_REFERENCE.findall(word)}
         read_by_options = {
             param.envvar
             for param in command.params

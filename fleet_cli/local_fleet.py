@@ -39,6 +39,19 @@ class AgentProcess:
 
 
 @dataclass
+class ReplicaProcess:
+    """A further control plane on the fleet's (Postgres) database."""
+
+    port: int
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
 class LocalFleet:
     root: Path
     database_url: str = ""
@@ -53,6 +66,7 @@ class LocalFleet:
     flyte_connector: bool = False
     control_plane: subprocess.Popen[bytes] | None = None
     agents: dict[str, AgentProcess] = field(default_factory=dict)
+    replicas: list[ReplicaProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,25 +102,46 @@ class LocalFleet:
                 start_new_session=True,
             )
 
+    @property
+    def addresses(self) -> str:
+        """Every control plane, comma-separated, as an agent dials replicas."""
+        return ",".join([self.address, *(replica.address for replica in self.replicas)])
+
     def start_control_plane(self) -> None:
-        url = self.database_url or f"sqlite:///{self.root / 'control-plane.db'}"
         self.control_plane = self._spawn(
-            [
-                "control-plane",
-                "--listen",
-                self.address,
-                "--db",
-                url,
-                "--heartbeat-interval",
-                str(self.heartbeat_interval_s),
-                "--stale-after",
-                str(self.stale_after_s),
-                "--lost-after",
-                str(self.lost_after_s),
-                *(["--flyte-connector"] if self.flyte_connector else []),
-            ],
-            self.root / "control-plane.log",
+            self._control_plane_args(self.address, migrate=True), self.root / "control-plane.log"
         )
+
+    def add_replica(self) -> ReplicaProcess:
+        """Start one more control plane on the same database (Postgres only)."""
+        index = len(self.replicas) + 1
+        replica = ReplicaProcess(free_port(), self.root / f"control-plane-{index}.log")
+        self.replicas.append(replica)
+        self.start_replica(replica)
+        return replica
+
+    def start_replica(self, replica: ReplicaProcess) -> None:
+        replica.process = self._spawn(
+            self._control_plane_args(replica.address, migrate=False), replica.log_file
+        )
+
+    def _control_plane_args(self, listen: str, *, migrate: bool) -> list[str]:
+        url = self.database_url or f"sqlite:///{self.root / 'control-plane.db'}"
+        return [
+            "control-plane",
+            "--listen",
+            listen,
+            "--db",
+            url,
+            "--heartbeat-interval",
+            str(self.heartbeat_interval_s),
+            "--stale-after",
+            str(self.stale_after_s),
+            "--lost-after",
+            str(self.lost_after_s),
+            *([] if migrate else ["--no-migrate"]),
+            *(["--flyte-connector"] if self.flyte_connector else []),
+        ]
 
     def add_agent(
         self,
@@ -159,6 +194,7 @@ class LocalFleet:
     def check_alive(self) -> None:
         """Raise with the log's tail if a process of the fleet died."""
         processes = [("control plane", self.control_plane, self.root / "control-plane.log")]
+        processes += [(f"replica {r.address}", r.process, r.log_file) for r in self.replicas]
         processes += [(f"agent {a.name}", a.process, a.log_file) for a in self.agents.values()]
         for what, process, log_file in processes:
             if process is not None and process.poll() is not None:
@@ -169,7 +205,8 @@ class LocalFleet:
         """Stop agents, then the control plane, then any attempt process left running."""
         from dataplane_agent import stop_all_attempts
 
-        processes = [a.process for a in self.agents.values()] + [self.control_plane]
+        processes = [a.process for a in self.agents.values()]
+        processes += [self.control_plane, *(replica.process for replica in self.replicas)]
         running = [p for p in processes if p is not None and p.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)

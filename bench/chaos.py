@@ -394,8 +394,8 @@ class Harness:
         recovered = [k for k in self.kills if k.recovery_s is not None]
         if recovered:
             worst = max(recovered, key=lambda k: k.recovery_s or 0.0)
-            longest = (f"{worst.recovery_s:.1f} s (kill {worst.number}: {worst.kind} "
-                       f"{worst.victim}, {worst.how})")
+            victim = worst.victim if worst.kind == "postgres" else f"{worst.kind} {worst.victim}"
+            longest = f"{worst.recovery_s:.1f} s (kill {worst.number}: {victim}, {worst.how})"
         else:
             longest = "-"
         stalled = len(self.kills) - len(recovered)
@@ -479,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"submit: {line}")
         for line in harness.unexpected:
             print(f"unexpected exit: {line}")
+        if not ok:
+            for kill in harness.kills:
+                recovery = "-" if kill.recovery_s is None else f"{kill.recovery_s:.1f}s"
+                print(f"kill {kill.number} at {kill.wall:%H:%M:%S.%f}"[:-3]
+                      + f" UTC: {kill.kind} {kill.victim} ({kill.how}), recovery {recovery}")
         if args.record:
             record(table, argv)
         print("checks passed" if ok else "CHECKS FAILED")

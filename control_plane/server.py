@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from control_plane.api.admin import AdminService
 from control_plane.api.agents import AgentService
+from control_plane.api.errors import ErrorTranslation
 from control_plane.api.jobs import JobService
 from control_plane.api.policy import PolicyService
 from control_plane.api.replicas import ReplicaService
@@ -141,7 +142,7 @@ async def start(
         leadership=leadership,
         interval_s=settings.schedule_interval_s,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorTranslation()])
     jobs_pb2_grpc.add_JobServiceServicer_to_server(
         JobService(jobs, dataplanes, scheduler, hub, clock, relay), server
     )

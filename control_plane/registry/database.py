@@ -37,6 +37,9 @@ UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 _NOT_PSYCOPG = object()
 
 
+CONNECT_TIMEOUT_S = 5
+
+
 class DatabaseUrlError(ValueError):
     pass
 
@@ -71,7 +74,12 @@ class Database:
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # connect_timeout: a database behind a silent partition fails calls in
+            # seconds (UNAVAILABLE) instead of hanging them for minutes.
+            kwargs.update(
+                pool_size=10, max_overflow=10, pool_pre_ping=True,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+            )
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -102,7 +102,7 @@ class Leadership:
                 await self._connection.execute(sa.text("SELECT 1"))
                 return True
             except Exception as error:  # the driver's errors vary; all mean "gone"
-                log.warning("lost the scheduler lock's connection: %s", error)
+                log.warning("lost the scheduler lock's connection: %s", first_line(error))
                 await self._drop()
                 return False
         try:
@@ -121,7 +121,7 @@ class Leadership:
             for name, value in KEEPALIVE_SETTINGS.items():
                 await connection.execute(sa.text(f"SET {name} = {value}"))
         except Exception as error:
-            log.warning("could not take the scheduler lock: %s", error)
+            log.warning("could not take the scheduler lock: %s", first_line(error))
             await connection.close()
             return False
         self._connection = connection
@@ -144,3 +144,8 @@ class Leadership:
                 await connection.invalidate()
             except Exception as error:
                 log.debug("closing the scheduler lock's connection: %s", error)
+
+
+def first_line(error: BaseException) -> str:
+    """SQLAlchemy's messages run over many lines; a log line needs the first."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -106,10 +106,20 @@ def partitioned(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Part
     with (NetProxy(fleet.address) as proxy, fleet,
           FleetClient(fleet.address, timeout_s=10) as client):
         fleet.start_control_plane()
+        # Agents dialing before the control plane listens would only grow their backoff.
+        wait_until(lambda: _answers(client), 60, "the control plane to answer", fleet)
         fleet.add_agent("a", pool_file("a", "reserved", 2), control_plane=proxy.address)
         fleet.add_agent("b", pool_file("b", "on_demand", 1))
         wait_until(lambda: _healthy(client) == {"a", "b"}, 60, "both agents to connect", fleet)
         yield Partitioned(fleet, proxy, client, tmp_path)
+
+
+def _answers(client: FleetClient) -> bool:
+    try:
+        client.list_dataplanes()
+    except Exception:
+        return False
+    return True
 
 
 def _healthy(client: FleetClient) -> set[str]:

@@ -19,17 +19,34 @@ from control_plane.registry import ReplicaStore
 
 log = logging.getLogger(__name__)
 
-TOKEN_HEADER = "x-fleet-join-token"
+AUTHORIZATION = "authorization"
 # Set on a forwarded Logs call: the replica it reaches answers from its own streams only.
 RELAYED_HEADER = "x-fleet-relayed"
 DELIVER_TIMEOUT_S = 5.0
 
 
 class Relay:
-    def __init__(self, replicas: ReplicaStore, replica_id: str, join_token: str) -> None:
+    def __init__(
+        self,
+        replicas: ReplicaStore,
+        replica_id: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
+    ) -> None:
         self.replica_id = replica_id
         self._replicas = replicas
-        self._metadata = ((TOKEN_HEADER, join_token),)
+        # TLS to the other replicas (None: plaintext, as this one serves); server_name is
+        # checked in their certificate instead of the advertised host (often a pod IP).
+        self._credentials = credentials
+        self._channel_options = (
+            [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        )
+        self._metadata: tuple[tuple[str, str], ...] = ()
+
+    def use_key(self, key: str) -> None:
+        """This replica's own API key (role replica), presented to the others."""
+        self._metadata = ((AUTHORIZATION, f"Bearer {key}"),)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def holder(self, dataplane: str) -> str | None:
@@ -75,5 +92,11 @@ class Relay:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address)
+            else:
+                channel = grpc.aio.secure_channel(
+                    address, self._credentials, options=self._channel_options
+                )
+            self._channels[address] = channel
         return channel

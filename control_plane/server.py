@@ -32,18 +32,24 @@ from fleet.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control_plane.api.access import Access
 from control_plane.api.admin import AdminService
 from control_plane.api.agents import AgentService
 from control_plane.api.errors import ErrorTranslation
 from control_plane.api.jobs import JobService
+from control_plane.api.peer import AgentCertificates
 from control_plane.api.policy import PolicyService
 from control_plane.api.replicas import ReplicaService
 from control_plane.clock import Clock, SystemClock
+from control_plane.domain.access import ALL_PROJECTS, Role
 from control_plane.domain.health import Timers
 from control_plane.registry import (
+    AuditLog,
     Database,
     DataplaneStore,
     JobStore,
+    JoinTokens,
+    KeyStore,
     Leadership,
     PolicyStore,
     ReplicaStore,
@@ -53,7 +59,7 @@ from control_plane.registry import (
 from control_plane.relay import Relay
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
-from control_plane.settings import ControlPlaneSettings
+from control_plane.settings import ControlPlaneSettings, transport_problem
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,9 @@ class RunningControlPlane:
     replicas: ReplicaStore
     leadership: Leadership
     relay: Relay
+    keys: KeyStore
+    replica_key_id: str
+    agent_port: int = 0   # the mutual-TLS listener for agents (agent_listen), 0 without one
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -107,6 +116,8 @@ class RunningControlPlane:
         await self.leadership.release()   # the next replica leads at once
         with contextlib.suppress(Exception):   # a database that is gone forgets nothing
             await self.replicas.remove(self.replica_id)
+            if self.replica_key_id:
+                await self.keys.delete(self.replica_key_id)
         await self.relay.close()
         await self.database.close()
 
@@ -117,8 +128,16 @@ async def start(
     extra_services: Sequence[ServiceInstaller] = (),
 ) -> RunningControlPlane:
     clock = clock or SystemClock()
-    if not settings.join_token:
-        raise SettingsError("join token: required (--join-token or FLEET_JOIN_TOKEN)")
+    if not settings.auth and not is_loopback(settings.listen):
+        raise SettingsError(
+            f"--no-auth: only on a loopback address (127.0.0.1, ::1), not {settings.listen}"
+        )
+    problem = transport_problem(settings)
+    if problem is not None:
+        raise SettingsError(problem)
+    # Read before anything starts: a missing file stops the start with its flag's name.
+    credentials = _server_credentials(settings)
+    agent_credentials = _agent_credentials(settings)
     timers = Timers(
         timedelta(seconds=settings.stale_after_s),
         timedelta(seconds=settings.lost_after_s),
@@ -130,7 +149,19 @@ async def start(
     jobs, dataplanes, policies = JobStore(database), DataplaneStore(database), PolicyStore(database)
     replicas, leadership = ReplicaStore(database), Leadership(database)
     replica_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-    relay = Relay(replicas, replica_id, settings.join_token)
+    keys, tokens, audit_log = KeyStore(database), JoinTokens(database), AuditLog(database)
+    access = Access(keys, tokens, audit_log, clock, enabled=settings.auth)
+    relay = Relay(
+        replicas, replica_id,
+        credentials=self_credentials(settings), server_name=settings.tls_server_name,
+    )
+    replica_key_id = ""
+    if settings.auth:   # the key this replica presents to the others
+        replica_key, secret = await keys.create(
+            f"replica-{replica_id}"[:128], Role.REPLICA, [ALL_PROJECTS], replica_id, clock.now()
+        )
+        replica_key_id = replica_key.id
+        relay.use_key(secret)
     hub = SessionHub(relay)
     scheduler = Scheduler(
         SchedulingStore(database),
@@ -142,20 +173,21 @@ async def start(
         leadership=leadership,
         interval_s=settings.schedule_interval_s,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ErrorTranslation()])
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorTranslation()]
+    if settings.tls_client_ca:
+        interceptors.append(AgentCertificates())
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(
-        JobService(jobs, dataplanes, scheduler, hub, clock, relay), server
+        JobService(jobs, dataplanes, scheduler, hub, clock, access, relay), server
     )
-    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(
-        ReplicaService(hub, settings.join_token), server
-    )
+    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaService(hub, access), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentService(
             dataplanes,
             scheduler,
             hub,
             clock,
-            join_token=settings.join_token,
+            access=access,
             heartbeat_interval=timedelta(seconds=settings.heartbeat_interval_s),
             replicas=replicas,
             replica_id=replica_id,
@@ -163,10 +195,13 @@ async def start(
         server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(dataplanes, clock, timers, scheduler), server
+        AdminService(
+            dataplanes, clock, timers, scheduler, access, tokens, keys, audit_log, hub
+        ),
+        server,
     )
     admin_pb2_grpc.add_PolicyServiceServicer_to_server(
-        PolicyService(policies, jobs, dataplanes, scheduler, clock), server
+        PolicyService(policies, jobs, dataplanes, scheduler, clock, access), server
     )
     names = list(SERVICE_NAMES)
     for install in extra_services:
@@ -181,21 +216,100 @@ async def start(
         ),
         server,
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise SettingsError(f"listen: cannot bind {settings.listen}")
+    port, agent_port = _add_ports(server, settings, credentials, agent_credentials)
     await server.start()
     await replicas.register(replica_id, advertised(settings, port), clock.now())
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
-    log.info("control plane listening on port %d, database %s", port, redact(database.url))
+    log.info(
+        "control plane listening on port %d (%s)%s, database %s",
+        port,
+        "PLAINTEXT" if credentials is None else "TLS",
+        f", agents with client certificates on port {agent_port}" if agent_port else "",
+        redact(database.url),
+    )
     if settings.port_file:
         Path(settings.port_file).write_text(f"{port}\n")
     return RunningControlPlane(
         port, server, database, scheduler, scheduler_task, health_servicer, replica_id,
-        replicas, leadership, relay,
+        replicas, leadership, relay, keys, replica_key_id, agent_port,
     )
+
+
+# -- transport security -----------------------------------------------------------------------
+
+
+def _read(path: str, option: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise SettingsError(f"{option}: cannot read {path}: {error.strerror}") from None
+
+
+def _server_credentials(settings: ControlPlaneSettings) -> grpc.ServerCredentials | None:
+    """The main port's credentials: TLS without client certificates; None is plaintext
+    (settings.insecure, checked by transport_problem)."""
+    if settings.insecure or not settings.tls_cert or not settings.tls_key:
+        return None
+    key_pair = (_read(settings.tls_key, "--tls-key"), _read(settings.tls_cert, "--tls-cert"))
+    return grpc.ssl_server_credentials([key_pair])
+
+
+def _agent_credentials(settings: ControlPlaneSettings) -> grpc.ServerCredentials | None:
+    """The agent port's: the same certificate, and a client certificate required and
+    verified against the client CA; None without a client CA (no agent port)."""
+    if not settings.tls_client_ca or not settings.tls_cert or not settings.tls_key:
+        return None
+    key_pair = (_read(settings.tls_key, "--tls-key"), _read(settings.tls_cert, "--tls-cert"))
+    return grpc.ssl_server_credentials(
+        [key_pair],
+        root_certificates=_read(settings.tls_client_ca, "--tls-client-ca"),
+        require_client_auth=True,
+    )
+
+
+def self_credentials(settings: ControlPlaneSettings) -> grpc.ChannelCredentials | None:
+    """How this control plane dials its own kind (replicas, itself): TLS trusting tls_ca,
+    else its own certificate file; None when it serves plaintext."""
+    if settings.insecure or not settings.tls_cert:
+        return None
+    if settings.tls_ca:
+        return grpc.ssl_channel_credentials(_read(settings.tls_ca, "--tls-ca"))
+    return grpc.ssl_channel_credentials(_read(settings.tls_cert, "--tls-cert"))
+
+
+def _add_ports(
+    server: grpc.aio.Server,
+    settings: ControlPlaneSettings,
+    credentials: grpc.ServerCredentials | None,
+    agent_credentials: grpc.ServerCredentials | None,
+) -> tuple[int, int]:
+    """Bind the main port (and the agents' mutual-TLS port); return the bound ports."""
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+        if not is_loopback(settings.listen):
+            log.warning(
+                "PLAINTEXT on %s (--insecure): anyone on the network can read and forge "
+                "every call, keys and join tokens included. Serve TLS (--tls-cert, "
+                "--tls-key) unless a service mesh terminates TLS in front of this port.",
+                settings.listen,
+            )
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise SettingsError(f"listen: cannot bind {settings.listen}")
+    agent_port = 0
+    if agent_credentials is not None:
+        agent_port = server.add_secure_port(settings.agent_listen, agent_credentials)
+        if agent_port == 0:
+            raise SettingsError(f"agent listen: cannot bind {settings.agent_listen}")
+    return port, agent_port
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost")
 
 
 def advertised(settings: ControlPlaneSettings, port: int) -> str:

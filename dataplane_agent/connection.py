@@ -61,21 +61,31 @@ class SessionEndedError(Exception):
     pass
 
 
-def create_channel(target: str, keepalive_s: float) -> grpc.aio.Channel:
-    """The one place the channel is made (TLS comes here later).
+def create_channel(target: str, settings: AgentSettings) -> grpc.aio.Channel:
+    """The one place the channel is made: TLS (with the agent's client certificate when it
+    has one), or plaintext when settings.insecure. The PEM files are read here, at every
+    connect (an unreadable one is an OSError: logged, and retried like a failed connect).
 
     Keepalive pings notice a dead peer or a silently dropped connection. The control plane
     must accept pings this often: server option grpc.http2.min_recv_ping_interval_without_data_ms
     <= keepalive_s * 1000 and grpc.keepalive_permit_without_calls = 1, or it closes the
     connection with GOAWAY (too_many_pings).
     """
-    keepalive_ms = int(keepalive_s * 1000)
-    return grpc.aio.insecure_channel(target, options=[
+    keepalive_ms = int(settings.keepalive_s * 1000)
+    options = [
         ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", max(1000, keepalive_ms // 2)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-    ])
+    ]
+    if settings.insecure:
+        return grpc.aio.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.tls_ca.read_bytes() if settings.tls_ca else None,
+        private_key=settings.tls_key.read_bytes() if settings.tls_key else None,
+        certificate_chain=settings.tls_cert.read_bytes() if settings.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 @dataclass
@@ -154,7 +164,7 @@ class Connection:
     async def _session(self, launcher: Launcher) -> None:
         """One stream from Hello to its end."""
         target = self._targets[self._target]
-        async with create_channel(target, self._settings.keepalive_s) as channel:
+        async with create_channel(target, self._settings) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Connect()
             try:
                 hello = wire.hello(self._pool_file, self._settings.join_token, self._agent_version)

@@ -26,3 +26,20 @@ class AgentSettings:
     # gRPC keepalive ping interval: notices a dead control plane or a dropped connection.
     # The control plane must accept pings this often (see connection.create_channel).
     keepalive_s: float = 20.0
+    # Transport: TLS checked against the system's roots, or tls_ca (PEM) when given; with
+    # tls_cert and tls_key the agent presents a client certificate (mutual TLS: its CN or a
+    # SAN names this dataplane). Plaintext only when insecure is chosen explicitly. The
+    # files are read at every connect, so a renewed certificate is used at the next one.
+    insecure: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def transport_problem(settings: AgentSettings) -> str | None:
+    """Why the agent cannot dial with these settings (naming the flags), or None."""
+    if settings.insecure and (settings.tls_ca or settings.tls_cert or settings.tls_key):
+        return "--insecure dials plaintext: leave out --tls-ca, --tls-cert and --tls-key"
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        return "--tls-cert and --tls-key: give both (the client certificate and its key)"
+    return None

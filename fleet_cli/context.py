@@ -1,10 +1,11 @@
-"""The global options (--address, --output) and what the client commands share."""
+"""The global options (--address, --output, --tls-ca, --insecure) and what the client
+commands share."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
@@ -14,9 +15,12 @@ from google.protobuf.message import Message
 from rich.console import Console, RenderableType
 
 from fleet_cli import parse, render
-from fleet_client import FleetClient
+from fleet_client import FleetClient, TlsConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The same variables configure the Flyte connector (fleet_client.TlsConfig.from_env).
+TLS_CA_ENV = "FLEET_TLS_CA"
+INSECURE_ENV = "FLEET_INSECURE"
 
 ParsedT = TypeVar("ParsedT")
 
@@ -30,6 +34,8 @@ class OutputFormat(StrEnum):
 class GlobalOptions:
     address: str = DEFAULT_ADDRESS
     output: OutputFormat = OutputFormat.table
+    # TLS with the system's roots unless told otherwise.
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 def option_parser(parse: Callable[[str], ParsedT]) -> Callable[[str], ParsedT]:
@@ -60,7 +66,8 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
 
 
 def open_client(ctx: typer.Context) -> FleetClient:
-    return FleetClient(global_options(ctx).address)
+    options = global_options(ctx)
+    return FleetClient(options.address, tls=options.tls)
 
 
 # Piped output (grep, a CI log) is not wrapped at 80 columns: rows stay whole.

@@ -22,19 +22,28 @@ code and an `error: <message>` line in one place: FleetGroup.invoke.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from fleet_cli import dataplanes, jobs, policy, roles
-from fleet_cli.context import DEFAULT_ADDRESS, GlobalOptions, OutputFormat, global_options
+from fleet_cli.context import (
+    DEFAULT_ADDRESS,
+    INSECURE_ENV,
+    TLS_CA_ENV,
+    GlobalOptions,
+    OutputFormat,
+    global_options,
+)
 from fleet_cli.demo import demo_command
 from fleet_client import (
     DeadlineExceeded,
     FailedPrecondition,
     FleetError,
     InvalidArgument,
+    TlsConfig,
     Unavailable,
 )
 
@@ -68,6 +77,27 @@ def error_message(error: FleetError, address: str) -> str:
     return error.message
 
 
+def tls_hint(error: FleetError, tls: TlsConfig) -> str:
+    """What to do when the connection failed at the TLS layer ('' when it did not)."""
+    if not isinstance(error, Unavailable):
+        return ""
+    if "CERTIFICATE_VERIFY_FAILED" in error.message:
+        return (
+            "\nhint: the control plane's certificate is not signed by a CA this client "
+            "trusts: give its CA with --tls-ca FILE (or FLEET_TLS_CA)"
+        )
+    if "Hostname Verification" in error.message:
+        return "\nhint: the control plane's certificate does not name the host in --address"
+    if "WRONG_VERSION_NUMBER" in error.message:
+        return (
+            "\nhint: the control plane answered in plaintext; if it was started with "
+            "--insecure, use --insecure (or FLEET_INSECURE=1) here too"
+        )
+    if tls.insecure and "Socket closed" in error.message:
+        return "\nhint: plaintext (--insecure) was refused: the control plane probably serves TLS"
+    return ""
+
+
 class FleetGroup(TyperGroup):
     """The root group: every FleetError of every sub-command becomes an exit code here."""
 
@@ -76,8 +106,9 @@ class FleetGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except FleetError as error:
-            address = global_options(ctx).address
-            typer.echo(f"error: {error_message(error, address)}", err=True)
+            options = global_options(ctx)
+            message = error_message(error, options.address) + tls_hint(error, options.tls)
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(exit_code_for(error)) from None
 
 
@@ -106,8 +137,36 @@ def global_option_values(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="Tables for people, JSON for scripts.")
     ] = OutputFormat.table,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=TLS_CA_ENV,
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="Trust this CA (PEM) for the control plane's certificate instead of the "
+            "system's roots.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar=INSECURE_ENV,
+            help="Plaintext, no TLS: only for a control plane started with --insecure (the "
+            "demo on 127.0.0.1). Without it the client speaks TLS.",
+        ),
+    ] = False,
 ) -> None:
-    ctx.obj = GlobalOptions(address=address, output=output)
+    if insecure and tls_ca is not None:
+        raise typer.BadParameter(
+            "plaintext (--insecure, FLEET_INSECURE) and a TLS CA: choose one",
+            param_hint="'--insecure' / '--tls-ca'",
+        )
+    tls = TlsConfig(insecure=insecure, ca_file=str(tls_ca) if tls_ca else None)
+    ctx.obj = GlobalOptions(address=address, output=output, tls=tls)
 
 
 def _register_commands(root: typer.Typer) -> None:

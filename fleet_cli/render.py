@@ -282,6 +282,32 @@ def dataplanes_table(dataplanes: Sequence[admin_pb2.Dataplane], now: datetime) -
     return table
 
 
+def keys_table(keys: Sequence[admin_pb2.ApiKey], now: datetime) -> Table:
+    table = Table()
+    for column in ("id", "name", "role", "projects", "created", "by", "revoked"):
+        table.add_column(column)
+    for key in keys:
+        table.add_row(*_cells(
+            key.id, key.name, key.role, ", ".join(key.projects),
+            age_text(key.created_at, now), key.created_by,
+            age_text(key.revoked_at, now) if _is_set(key.revoked_at) else NONE,
+        ))
+    return table
+
+
+def audit_table(events: Sequence[admin_pb2.AuditEvent], now: datetime) -> Table:
+    table = Table()
+    for column in ("when", "actor", "action", "target"):
+        table.add_column(column)
+    table.add_column("detail", overflow="fold")
+    for event in events:
+        table.add_row(*_cells(
+            timestamp_text(event.at), event.actor, event.action, event.target,
+            event.detail or NONE,
+        ))
+    return table
+
+
 # -- routing policy -------------------------------------------------------------------------
 
 CHOSEN = "✓ chosen"

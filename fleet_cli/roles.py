@@ -21,7 +21,7 @@ from fleet_cli import parse
 from fleet_cli.context import option_parser
 
 if TYPE_CHECKING:
-    from control_plane import ServiceInstaller
+    from control_plane import ControlPlaneSettings, ServiceInstaller
 
 JOIN_TOKEN_ENV = "FLEET_JOIN_TOKEN"
 # So that a Kubernetes Secret can supply the URL (it holds the password) to the control
@@ -45,6 +45,18 @@ JoinTokenOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _file_option(envvar: str, help: str) -> Any:
+    """An optional PEM file (checked to exist before anything starts: exit 2 otherwise)."""
+    return typer.Option(
+        envvar=envvar, exists=True, dir_okay=False, readable=True, metavar="FILE",
+        help=help, show_default=False,
+    )
+
+
+def _path(value: Path | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _configure_logging(level: LogLevel) -> None:
@@ -123,6 +135,65 @@ def control_plane(
             show_default=False,
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        _file_option(
+            "FLEET_TLS_CERT",
+            "Serve TLS with this certificate (PEM; may hold the chain after it).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, _file_option("FLEET_TLS_KEY", "The certificate's private key (PEM).")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="FLEET_INSECURE",
+            help="Serve plaintext instead of TLS. The control plane refuses to start "
+            "without TLS unless told so; off loopback it warns (fine behind a service "
+            "mesh that terminates TLS).",
+        ),
+    ] = False,
+    tls_client_ca: Annotated[
+        Path | None,
+        _file_option(
+            "FLEET_TLS_CLIENT_CA",
+            "Mutual TLS for agents: they dial --agent-listen with a client certificate "
+            "signed by this CA, whose CN or a SAN is their dataplane's name; agent streams "
+            "without one are refused.",
+        ),
+    ] = None,
+    agent_listen: Annotated[
+        str | None,
+        typer.Option(
+            parser=option_parser(parse.parse_host_port),
+            metavar="HOST:PORT",
+            envvar="FLEET_AGENT_LISTEN",
+            help="With --tls-client-ca: the second port, where every client presents a "
+            "client certificate (the agents).",
+            show_default=False,
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        _file_option(
+            "FLEET_TLS_CA",
+            "The CA this control plane trusts when it dials the other replicas and itself "
+            "(default: --tls-cert itself).",
+        ),
+    ] = None,
+    tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLEET_TLS_SERVER_NAME",
+            metavar="NAME",
+            help="A name in the certificate, checked when this control plane dials the "
+            "other replicas and itself (default: the host dialed; pod IPs and 127.0.0.1 are "
+            "seldom in a certificate).",
+            show_default=False,
+        ),
+    ] = None,
     flyte_connector: Annotated[
         bool,
         typer.Option(
@@ -136,7 +207,7 @@ def control_plane(
 ) -> None:
     """Run the control plane until SIGINT or SIGTERM."""
     from control_plane import serve
-    from control_plane.settings import ControlPlaneSettings
+    from control_plane.settings import ControlPlaneSettings, transport_problem
 
     # Unset options keep ControlPlaneSettings' defaults, the one place they are written.
     given: dict[str, Any] = {
@@ -147,9 +218,15 @@ def control_plane(
         "lost_after_s": _seconds(lost_after),
         "port_file": str(port_file) if port_file else None,
         "advertise": advertise,
+        "tls_cert": _path(tls_cert),
+        "tls_key": _path(tls_key),
+        "tls_client_ca": _path(tls_client_ca),
+        "agent_listen": agent_listen,
+        "tls_ca": _path(tls_ca),
+        "tls_server_name": tls_server_name,
     }
     settings = dataclasses.replace(
-        ControlPlaneSettings(join_token=join_token, migrate=migrate),
+        ControlPlaneSettings(join_token=join_token, migrate=migrate, insecure=insecure),
         **{field: value for field, value in given.items() if value is not None},
     )
     if not settings.heartbeat_interval_s < settings.stale_after_s < settings.lost_after_s:
@@ -158,12 +235,15 @@ def control_plane(
             f"({settings.stale_after_s:g}s) < lost after ({settings.lost_after_s:g}s)",
             param_hint="'--heartbeat-interval' / '--stale-after' / '--lost-after'",
         )
+    problem = transport_problem(settings)
+    if problem is not None:
+        raise typer.BadParameter(problem)
     if db is not None:
         _check_database_url(db)
     _configure_logging(log_level)
     extra_services: list[ServiceInstaller] = []
     if flyte_connector:
-        extra_services.append(_flyte_connector_installer(settings.listen))
+        extra_services.append(_flyte_connector_installer(settings))
     serve(settings, extra_services)
 
 
@@ -242,8 +322,11 @@ async def _migrate(url: str) -> str:
     return revision
 
 
-def _flyte_connector_installer(listen: str) -> ServiceInstaller:
-    """flytekit's connector services, calling back into this control plane's JobService."""
+def _flyte_connector_installer(settings: ControlPlaneSettings) -> ServiceInstaller:
+    """flytekit's connector services, calling back into this control plane's JobService
+    (over TLS as it serves: trusting its own certificate, or --tls-ca)."""
+    from fleet_client import PLAINTEXT, TlsConfig
+
     try:
         from flyte_plugin.connector_service import install
     except ImportError as error:
@@ -251,10 +334,13 @@ def _flyte_connector_installer(listen: str) -> ServiceInstaller:
             f"needs the flyte extra (pip install 'flyte-fleet[flyte]'): {error}",
             param_hint="'--flyte-connector'",
         ) from error
-    host, _, port = listen.rpartition(":")
+    host, _, port = settings.listen.rpartition(":")
     if host in ("", "0.0.0.0", "[::]", "::"):
         host = "127.0.0.1"
-    return functools.partial(install, fleet_address=f"{host}:{port}")
+    tls = PLAINTEXT if settings.insecure else TlsConfig(
+        ca_file=settings.tls_ca or settings.tls_cert, server_name=settings.tls_server_name
+    )
+    return functools.partial(install, fleet_address=f"{host}:{port}", tls=tls)
 
 
 def agent(
@@ -296,16 +382,46 @@ def agent(
             show_default=False,
         ),
     ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        _file_option(
+            "FLEET_TLS_CA",
+            "Trust this CA (PEM) for the control plane's certificate instead of the "
+            "system's roots.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        _file_option(
+            "FLEET_TLS_CERT",
+            "Client certificate for mutual TLS (its CN or a SAN is this dataplane's name).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, _file_option("FLEET_TLS_KEY", "The client certificate's private key.")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="FLEET_INSECURE",
+            help="Plaintext, no TLS: only for a control plane started with --insecure.",
+        ),
+    ] = False,
     log_level: LogLevelOption = LogLevel.info,
 ) -> None:
     """Run a dataplane agent: dial the control plane, report capacity, launch its jobs."""
     from dataplane_agent import run_agent  # type: ignore[attr-defined, unused-ignore]
-    from dataplane_agent.settings import AgentSettings
+    from dataplane_agent.settings import AgentSettings, transport_problem
 
     settings = AgentSettings(
         control_plane=control_plane, pools_file=pools, join_token=join_token, workdir=workdir,
-        kubeconfig=kubeconfig,
+        kubeconfig=kubeconfig, insecure=insecure, tls_ca=tls_ca, tls_cert=tls_cert,
+        tls_key=tls_key,
     )
+    problem = transport_problem(settings)
+    if problem is not None:
+        raise typer.BadParameter(problem)
     _configure_logging(log_level)
     exit_code: int = run_agent(settings)
     raise typer.Exit(exit_code)

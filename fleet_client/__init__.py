@@ -1,8 +1,11 @@
 """The typed client of a flyte-fleet control plane (JobService, AdminService, PolicyService).
 
-    with FleetClient("127.0.0.1:50051") as fleet:
+    with FleetClient("fleet.example.com:50051") as fleet:   # TLS, the system's roots
         job = fleet.submit(spec, client_key="...").job
         final = fleet.wait(job.id)
+
+    FleetClient(address, tls=TlsConfig(ca_file="ca.pem"))   # trust this CA instead
+    FleetClient("127.0.0.1:50051", tls=PLAINTEXT)            # plaintext: only when asked
 
 Every method raises one of these instead of ``grpc.RpcError`` (see fleet_client.errors);
 ``message`` is the server's status details, verbatim, and ``code`` the grpc.StatusCode:
@@ -20,7 +23,7 @@ Every method raises one of these instead of ``grpc.RpcError`` (see fleet_client.
     └── Internal              anything else
 """
 
-from fleet_client.client import TERMINAL_PHASES, FleetClient
+from fleet_client.client import PLAINTEXT, TERMINAL_PHASES, FleetClient, TlsConfig
 from fleet_client.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -37,6 +40,7 @@ from fleet_client.errors import (
 )
 
 __all__ = [
+    "PLAINTEXT",
     "TERMINAL_PHASES",
     "AlreadyExists",
     "DeadlineExceeded",
@@ -48,6 +52,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "TlsConfig",
     "Unauthenticated",
     "Unavailable",
     "error_from_status",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -42,14 +45,66 @@ _USER_AGENT = "flyte-fleet-client"
 Metadata = tuple[tuple[str, str], ...]
 
 
-def _open_channel(address: str) -> grpc.Channel:
-    # The one place a channel is made: TLS (grpc.secure_channel) goes here.
-    return grpc.insecure_channel(address, options=[("grpc.primary_user_agent", _USER_AGENT)])
+INSECURE_ENV = "FLEET_INSECURE"
+TLS_CA_ENV = "FLEET_TLS_CA"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
-def _call_metadata() -> Metadata:
-    # The one place call metadata is made: API keys (authorization) go here.
-    return ()
+@dataclass(frozen=True)
+class TlsConfig:
+    """How a client reaches the control plane. The rule: TLS, checked against the system's
+    trusted roots, unless told otherwise; ``ca_file`` trusts that CA (PEM) instead;
+    plaintext only with ``insecure`` (the demo on 127.0.0.1, or a service mesh's sidecar).
+
+    ``server_name`` is the name checked in the server's certificate (default: the host
+    dialed), for addresses no certificate names, such as a pod IP or 127.0.0.1.
+    """
+
+    insecure: bool = False
+    ca_file: str | None = None
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.insecure and self.ca_file:
+            raise ValueError("insecure (plaintext) and a TLS CA file: choose one")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> TlsConfig:
+        """FLEET_INSECURE=1 (plaintext) or FLEET_TLS_CA=FILE; neither: TLS, system roots."""
+        return cls(
+            insecure=env_flag(environ, INSECURE_ENV), ca_file=environ.get(TLS_CA_ENV) or None
+        )
+
+
+def env_flag(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no environment variable (1/true/yes/on or 0/false/no/off, unset is no)."""
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={environ[name]!r}: use 1 or 0")
+
+
+DEFAULT_TLS = TlsConfig()   # TLS, the system's trusted roots
+PLAINTEXT = TlsConfig(insecure=True)
+
+
+def _open_channel(address: str, tls: TlsConfig) -> grpc.Channel:
+    """The one place a channel is made: TLS by default, plaintext only when asked."""
+    options: list[tuple[str, str]] = [("grpc.primary_user_agent", _USER_AGENT)]
+    if tls.insecure:
+        return grpc.insecure_channel(address, options=options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    roots = Path(tls.ca_file).read_bytes() if tls.ca_file else None
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(roots), options=options)
+
+
+def _call_metadata(api_key: str) -> Metadata:
+    """The one place call metadata is made: the API key, as a bearer credential."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
 @contextmanager
@@ -64,14 +119,24 @@ def _fleet_errors() -> Iterator[None]:
 class FleetClient:
     """Talks to one control plane. Every method raises FleetError subclasses, never grpc's.
 
-    Unary calls time out after ``timeout_s``; streams (watch, logs) have no deadline.
+    Unary calls time out after ``timeout_s``; streams (watch, logs) have no deadline. The
+    channel is TLS with the system's roots unless ``tls`` says otherwise (see TlsConfig);
+    a CA file that cannot be read raises OSError here.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 30.0,
+        tls: TlsConfig = DEFAULT_TLS,
+        api_key: str = "",
+    ) -> None:
         self.address = address
+        self.tls = tls
         self._timeout_s = timeout_s
-        self._channel = _open_channel(address)
-        self._metadata = _call_metadata()
+        self._channel = _open_channel(address, tls)
+        self._metadata = _call_metadata(api_key)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._policy = admin_pb2_grpc.PolicyServiceStub(self._channel)
@@ -257,6 +322,45 @@ class FleetClient:
     def uncordon_dataplane(self, name: str) -> admin_pb2.Dataplane:
         request = admin_pb2.UncordonDataplaneRequest(name=name)
         return self._unary(self._admin.UncordonDataplane, request)
+
+    def enroll_dataplane(
+        self, name: str, region: str, cloud: str, labels: dict[str, str] | None = None
+    ) -> admin_pb2.JoinTokenResponse:
+        request = admin_pb2.EnrollDataplaneRequest(
+            name=name, region=region, cloud=cloud, labels=labels or {}
+        )
+        return self._unary(self._admin.EnrollDataplane, request)
+
+    def rotate_join_token(self, name: str) -> admin_pb2.JoinTokenResponse:
+        request = admin_pb2.RotateJoinTokenRequest(name=name)
+        return self._unary(self._admin.RotateJoinToken, request)
+
+    def revoke_join_token(self, name: str) -> admin_pb2.Dataplane:
+        request = admin_pb2.RevokeJoinTokenRequest(name=name)
+        return self._unary(self._admin.RevokeJoinToken, request)
+
+    def create_api_key(
+        self, name: str, role: str, projects: Sequence[str]
+    ) -> admin_pb2.CreateApiKeyResponse:
+        request = admin_pb2.CreateApiKeyRequest(name=name, role=role, projects=list(projects))
+        return self._unary(self._admin.CreateApiKey, request)
+
+    def list_api_keys(self) -> list[admin_pb2.ApiKey]:
+        return list(self._unary(self._admin.ListApiKeys, admin_pb2.ListApiKeysRequest()).keys)
+
+    def revoke_api_key(self, key_id: str) -> admin_pb2.ApiKey:
+        return self._unary(self._admin.RevokeApiKey, admin_pb2.RevokeApiKeyRequest(id=key_id))
+
+    def list_audit_events(
+        self, *, actor: str = "", action: str = "", target: str = "",
+        since: datetime | None = None, limit: int = 0,
+    ) -> list[admin_pb2.AuditEvent]:
+        request = admin_pb2.ListAuditEventsRequest(
+            actor=actor, action=action, target=target, limit=limit
+        )
+        if since is not None:
+            request.since.FromDatetime(since)
+        return list(self._unary(self._admin.ListAuditEvents, request).events)
 
     # -- PolicyService ---------------------------------------------------------------------
 

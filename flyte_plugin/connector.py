@@ -3,7 +3,9 @@
 propeller (through flytekit's connector service) or flytekit's local executor calls
 create/get/delete; each is one call to the control plane's JobService. The control plane's
 address comes from ``FLEET_ADDRESS`` (default 127.0.0.1:50051) unless the connector was given
-one (see flyte_plugin.connector_service.install).
+one (see flyte_plugin.connector_service.install); the channel is TLS checked against the
+system's roots, or against ``FLEET_TLS_CA`` (a PEM file), and plaintext only with
+``FLEET_INSECURE=1`` (fleet_client.TlsConfig.from_env), unless given its own TlsConfig.
 """
 
 # flytekit and flyteidl ship no type information (no py.typed): their names are Any here.
@@ -26,7 +28,7 @@ from flytekit.extend.backend.base_connector import (  # type: ignore[import-unty
 from flytekit.models.literals import LiteralMap  # type: ignore[import-untyped]
 from flytekit.models.task import TaskExecutionMetadata, TaskTemplate  # type: ignore[import-untyped]
 
-from fleet_client import FailedPrecondition, FleetClient, InvalidArgument, NotFound
+from fleet_client import FailedPrecondition, FleetClient, InvalidArgument, NotFound, TlsConfig
 from flyte_plugin.job_spec import build_submission
 from flyte_plugin.mapping import flyte_phase
 from flyte_plugin.task import TASK_TYPE
@@ -50,23 +52,30 @@ class FleetMetadata(ResourceMeta):  # type: ignore[misc]  # flytekit's base is u
 class FleetConnector(AsyncConnectorBase):  # type: ignore[misc]  # flytekit's base is untyped
     name = CONNECTOR_NAME
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, tls: TlsConfig | None = None) -> None:
         super().__init__(task_type_name=TASK_TYPE, metadata_type=FleetMetadata)
         self.address_override = address
-        self._clients: dict[str, FleetClient] = {}
+        self.tls_override = tls
+        self._clients: dict[tuple[str, TlsConfig], FleetClient] = {}
         self._lock = threading.Lock()
 
     @property
     def address(self) -> str:
         return self.address_override or os.environ.get("FLEET_ADDRESS") or DEFAULT_ADDRESS
 
+    @property
+    def tls(self) -> TlsConfig:
+        return self.tls_override or TlsConfig.from_env()
+
     def _client(self) -> FleetClient:
         # One channel per address, shared by the threads flytekit runs sync methods in.
-        address = self.address
+        key = (self.address, self.tls)
         with self._lock:
-            client = self._clients.get(address)
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[address] = FleetClient(address, timeout_s=CALL_TIMEOUT_S)
+                client = self._clients[key] = FleetClient(
+                    key[0], timeout_s=CALL_TIMEOUT_S, tls=key[1]
+                )
             return client
 
     def create(

@@ -31,6 +31,7 @@ from flytekit.extend.backend.connector_service import (  # type: ignore[import-u
     SyncConnectorService,
 )
 
+from fleet_client import TlsConfig
 from flyte_plugin.connector import CONNECTOR_NAME, register
 
 _SERVICES = ("AsyncAgentService", "SyncAgentService", "AgentMetadataService")
@@ -58,15 +59,20 @@ class FleetMetadataService(ConnectorMetadataService):  # type: ignore[misc]  # u
         )
 
 
-def install(server: grpc.aio.Server, fleet_address: str | None = None) -> list[str]:
+def install(
+    server: grpc.aio.Server, fleet_address: str | None = None, tls: TlsConfig | None = None
+) -> list[str]:
     """Add flytekit's connector services to server; return their full service names.
 
     fleet_address: where the fleet connector reaches the JobService (the control plane's own
-    listen address when it serves both); unset, FLEET_ADDRESS or 127.0.0.1:50051.
+    listen address when it serves both); unset, FLEET_ADDRESS or 127.0.0.1:50051. tls: how
+    (the control plane's own transport); unset, FLEET_TLS_CA / FLEET_INSECURE.
     """
     connector = register()
     if fleet_address is not None:
         connector.address_override = fleet_address
+    if tls is not None:
+        connector.tls_override = tls
     add_AsyncAgentServiceServicer_to_server(AsyncConnectorService(), server)
     add_SyncAgentServiceServicer_to_server(SyncConnectorService(), server)
     add_AgentMetadataServiceServicer_to_server(FleetMetadataService(), server)

@@ -8,7 +8,6 @@ session's outbox (launches, cancels, forgets, log requests) is written to the st
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
@@ -16,6 +15,7 @@ from datetime import timedelta
 import grpc
 from fleet.v1 import agent_pb2, agent_pb2_grpc
 
+from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
 from control_plane.api.validation import name_problem
 from control_plane.clock import Clock
@@ -35,6 +35,13 @@ class ProtocolError(Exception):
     """The agent sent something the contract does not allow."""
 
 
+class RevokedError(Exception):
+    """The dataplane's join token was revoked while its stream was open."""
+
+
+REVOKED = "its join token was revoked"   # the session's closed_reason (see AdminService)
+
+
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
@@ -43,7 +50,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         hub: SessionHub,
         clock: Clock,
         *,
-        join_token: str,
+        access: Access,
         heartbeat_interval: timedelta,
         replicas: ReplicaStore,
         replica_id: str,
@@ -54,7 +61,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._scheduler = scheduler
         self._hub = hub
         self._clock = clock
-        self._join_token = join_token
+        self._access = access
         self._heartbeat_interval = heartbeat_interval
 
     # The generated base types Connect as returning an iterator; this handler writes with
@@ -98,6 +105,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self._scheduler.wake()
             log.info("dataplane %s disconnected: %s", hello.dataplane, session.closed_reason)
         error = None if reader.cancelled() else reader.exception()
+        if isinstance(error, RevokedError) or session.closed_reason == REVOKED:
+            await refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                         f"hello.credential: the join token of {hello.dataplane!r} was revoked")
         if isinstance(error, ProtocolError):
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if error is not None:
@@ -126,17 +136,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 "hello: the first message on the stream must be a hello",
             )
         hello = first.hello
-        if not hmac.compare_digest(hello.credential.encode(), self._join_token.encode()):
-            await refuse(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"hello.credential: join token not accepted for dataplane {hello.dataplane!r}",
-            )
         problem = name_problem("hello.dataplane", hello.dataplane)
         if problem is None and not hello.region:
             problem = "hello.region: required"
         if problem is not None:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        refused = await self._access.join_problem(
+            hello.dataplane, hello.credential, hello.region, hello.cloud
+        )
+        if refused is not None:
+            log.warning("refused an agent: %s", refused[1])
+            await refuse(context, *refused)
         return hello
 
     async def _read(
@@ -149,6 +159,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             async for message in request_iterator:
                 kind = message.WhichOneof("body")
                 if kind == "heartbeat":
+                    if await self._access.revoked(session.dataplane):
+                        raise RevokedError(f"the join token of {session.dataplane!r} was revoked")
                     pools = _pools(hello, message.heartbeat)
                     await self._report(session, pools, message.heartbeat.attempts, full_state=True)
                 elif kind == "attempt_update":

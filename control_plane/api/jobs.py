@@ -11,9 +11,11 @@ from datetime import datetime
 import grpc
 from fleet.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
+from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
 from control_plane.api.validation import DEFAULT_DOMAIN, DEFAULT_RETRY_BUDGET, spec_problems
 from control_plane.clock import Clock
+from control_plane.domain.access import Action
 from control_plane.domain.phases import JobPhase
 from control_plane.domain.placement import never_fits
 from control_plane.domain.records import JobRecord, NewJob
@@ -44,8 +46,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         scheduler: Scheduler,
         hub: SessionHub,
         clock: Clock,
+        access: Access,
         relay: Relay | None = None,
     ) -> None:
+        self._access = access
         self._relay = relay
         self._jobs = jobs
         self._dataplanes = dataplanes
@@ -56,6 +60,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def Submit(
         self, request: jobs_pb2.SubmitRequest, context: Context
     ) -> jobs_pb2.SubmitResponse:
+        caller = await self._access.caller(context)
         spec = types_pb2.JobSpec()
         spec.CopyFrom(request.spec)
         problems = spec_problems(spec, request.client_key)
@@ -63,12 +68,18 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             await refuse(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "invalid job: " + "; ".join(problems)
             )
+        if not caller.may(Action.SUBMIT, spec.project):
+            await refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                caller.denial(Action.SUBMIT, spec.project),
+            )
         spec.domain = spec.domain or DEFAULT_DOMAIN
         if request.client_key:
             existing = await self._jobs.by_client_key(spec.project, request.client_key)
             if existing is not None:
                 return jobs_pb2.SubmitResponse(job=job_to_proto(existing), created=False)
-        new = _new_job(spec, request.client_key)
+        new = _new_job(spec, request.client_key, caller.describe())
         pools = [pool for dp in await self._dataplanes.list_dataplanes() for pool in dp.pools]
         _, policy = await self._scheduler.current_policy()
         impossible = never_fits(demand_from_json(new.id, new.spec), pools, policy)
@@ -84,11 +95,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
 
     async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> types_pb2.Job:
-        return job_to_proto(await self._job(request.job_id, context))
+        return job_to_proto(await self._job(request.job_id, context, Action.READ))
 
     async def List(
         self, request: jobs_pb2.ListJobsRequest, context: Context
     ) -> jobs_pb2.ListJobsResponse:
+        caller = await self._access.require(context, Action.READ, request.project)
         try:
             phases = [enum_from_proto(JobPhase, p) for p in request.phases]
         except ValueError as exc:
@@ -111,6 +123,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 )
         jobs = await self._jobs.list_jobs(
             project=request.project,
+            projects=None if caller.all_projects else sorted(caller.projects),
             phases=phases,
             dataplane=request.dataplane,
             limit=size + 1,
@@ -122,9 +135,17 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         )
 
     async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: Context) -> types_pb2.Job:
+        target = await self._job(request.job_id, context, Action.CANCEL)
+        caller = await self._access.caller(context)
         job, live = await self._jobs.cancel(request.job_id, request.reason, self._clock.now())
         if job is None:
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+        if live and target.submitted_by != caller.describe():
+            await self._access.audit(
+                caller, "job.cancel", job.id,
+                f"project {job.project}, submitted by {target.submitted_by or 'unknown'}: "
+                f"{request.reason or 'no reason given'}",
+            )
         for attempt in live:
             self._hub.send(attempt.dataplane, cancel_message(attempt.id, "cancelled by the user"))
         self._hub.notify_jobs([job.id])
@@ -133,7 +154,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def Watch(
         self, request: jobs_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[types_pb2.JobEvent]:
-        job = await self._job(request.job_id, context)
+        job = await self._job(request.job_id, context, Action.READ)
         seq = request.after_seq
         final = job.phase.final
         while True:
@@ -152,7 +173,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def Logs(
         self, request: jobs_pb2.JobLogsRequest, context: Context
     ) -> AsyncIterator[types_pb2.LogChunk]:
-        job = await self._job(request.job_id, context)
+        job = await self._job(request.job_id, context, Action.READ)
         attempts = [a for a in job.attempts if not request.attempt_id or a.id == request.attempt_id]
         if not attempts:
             what = f"attempt {request.attempt_id!r}" if request.attempt_id else "any attempt yet"
@@ -201,16 +222,22 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         finally:
             self._hub.end_log_request(request_id)
 
-    async def _job(self, job_id: str, context: Context) -> JobRecord:
+    async def _job(self, job_id: str, context: Context, action: Action) -> JobRecord:
+        """The job, if the caller may act on it; a job of a project the caller's key does
+        not cover answers NOT_FOUND, like a missing one (its existence is not for them)."""
+        caller = await self._access.caller(context)
         if not job_id:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
         job = await self._jobs.get(job_id)
-        if job is None:
+        if job is None or not caller.may(action, job.project):
+            if job is not None and caller.may(Action.READ, job.project):
+                await refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                             caller.denial(action, job.project))
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
         return job
 
 
-def _new_job(spec: types_pb2.JobSpec, client_key: str) -> NewJob:
+def _new_job(spec: types_pb2.JobSpec, client_key: str, submitted_by: str) -> NewJob:
     return NewJob(
         id="j-" + secrets.token_hex(6),
         client_key=client_key or None,
@@ -220,6 +247,7 @@ def _new_job(spec: types_pb2.JobSpec, client_key: str) -> NewJob:
         spec=spec_to_json(spec),
         priority=spec.priority,
         retry_budget=spec.retry_budget if spec.HasField("retry_budget") else DEFAULT_RETRY_BUDGET,
+        submitted_by=submitted_by,
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import grpc
 from fleet.v1 import admin_pb2, admin_pb2_grpc
 
+from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
 from control_plane.clock import Clock
+from control_plane.domain.access import Action
 from control_plane.domain.phases import DataplaneHealth, JobPhase
 from control_plane.domain.placement import (
     CapacityLedger,
@@ -34,7 +36,9 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
         dataplanes: DataplaneStore,
         scheduler: Scheduler,
         clock: Clock,
+        access: Access,
     ) -> None:
+        self._access = access
         self._policies = policies
         self._jobs = jobs
         self._dataplanes = dataplanes
@@ -44,6 +48,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     async def ApplyPolicy(
         self, request: admin_pb2.ApplyPolicyRequest, context: Context
     ) -> admin_pb2.ApplyPolicyResponse:
+        caller = await self._access.require(context, Action.ADMIN)
         try:
             candidate = parse_policy(request.document, POLICY_SOURCE)
         except PolicyError as error:
@@ -57,14 +62,18 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
         if request.dry_run:
             replayed, changes = await self._replay(candidate, request.replay_jobs or DEFAULT_REPLAY)
             return admin_pb2.ApplyPolicyResponse(replayed=replayed, changes=changes)
-        if not request.author:
+        author = request.author or (caller.describe() if self._access.enabled else "")
+        if not author:
             await refuse(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "author: required (who applies the policy)",
             )
         applied = await self._policies.add(
-            request.document, request.author, request.comment, self._clock.now()
+            request.document, author, request.comment, self._clock.now()
+        )
+        await self._access.audit(
+            caller, "policy.apply", f"version {applied.version}", request.comment
         )
         self._scheduler.wake()
         return admin_pb2.ApplyPolicyResponse(applied=_version(applied))
@@ -72,6 +81,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     async def GetPolicy(
         self, request: admin_pb2.GetPolicyRequest, context: Context
     ) -> admin_pb2.PolicyVersion:
+        await self._access.require(context, Action.VIEW_FLEET)
         if request.version == 0:
             current = await self._policies.current()
             return admin_pb2.PolicyVersion() if current is None else _version(current)
@@ -85,6 +95,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     async def ListPolicyVersions(
         self, request: admin_pb2.ListPolicyVersionsRequest, context: Context
     ) -> admin_pb2.ListPolicyVersionsResponse:
+        await self._access.require(context, Action.VIEW_FLEET)
         history = await self._policies.history()
         versions = [_version(v, with_document=False) for v in history]
         return admin_pb2.ListPolicyVersionsResponse(
@@ -94,12 +105,14 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     async def RollbackPolicy(
         self, request: admin_pb2.RollbackPolicyRequest, context: Context
     ) -> admin_pb2.PolicyVersion:
+        caller = await self._access.require(context, Action.ADMIN)
         old = await self._policies.get(request.version)
         if old is None:
             await refuse(
                 context, grpc.StatusCode.NOT_FOUND, f"version: no policy version {request.version}"
             )
-        if not request.author:
+        author = request.author or (caller.describe() if self._access.enabled else "")
+        if not author:
             await refuse(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -107,9 +120,12 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
             )
         applied = await self._policies.add(
             old.document,
-            request.author,
+            author,
             f"rollback to version {old.version}",
             self._clock.now(),
+        )
+        await self._access.audit(
+            caller, "policy.rollback", f"version {applied.version}", f"to version {old.version}"
         )
         self._scheduler.wake()
         return _version(applied)
@@ -117,8 +133,9 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     async def ExplainJob(
         self, request: admin_pb2.ExplainJobRequest, context: Context
     ) -> admin_pb2.Explanation:
+        caller = await self._access.caller(context)
         job = await self._jobs.get(request.job_id)
-        if job is None:
+        if job is None or not caller.may(Action.READ, job.project):
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
         version, decision = await self._scheduler.explain(demand_from_json(job.id, job.spec))
         explanation = explanation_to_proto(decision, version, job.id)
@@ -135,6 +152,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     ) -> admin_pb2.Explanation:
         if not request.spec.project:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "spec.project: required")
+        await self._access.require(context, Action.READ, request.spec.project)
         demand = demand_from_json("what-if", spec_to_json(request.spec))
         version, decision = await self._scheduler.explain(demand)
         return explanation_to_proto(decision, version)

@@ -111,6 +111,7 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     attempts: tuple[AttemptRecord, ...] = ()
+    submitted_by: str = ""
 
     @property
     def outputs(self) -> bytes | None:
@@ -153,3 +154,26 @@ class NewJob:
     spec: Mapping[str, Any]
     priority: int
     retry_budget: int
+    submitted_by: str = ""
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    role: str
+    projects: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    secret_hash: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: str

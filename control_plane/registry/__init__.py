@@ -7,6 +7,7 @@ planes sharing the database). Stores take and return plain records
 from `control_plane.domain.records`.
 """
 
+from control_plane.registry.access import AuditLog, JoinTokens, KeyStore
 from control_plane.registry.database import Database, DatabaseUrlError, redact
 from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome
 from control_plane.registry.jobs import JobStore
@@ -15,10 +16,13 @@ from control_plane.registry.replicas import Leadership, ReplicaStore
 from control_plane.registry.scheduling import PlacementOrder, QueuedJob, SchedulingStore
 
 __all__ = [
+    "AuditLog",
     "Database",
     "DatabaseUrlError",
     "DataplaneStore",
     "JobStore",
+    "JoinTokens",
+    "KeyStore",
     "Leadership",
     "PlacementOrder",
     "PolicyStore",

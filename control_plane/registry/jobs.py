@@ -45,6 +45,7 @@ class JobStore:
                     retry_budget=new.retry_budget,
                     created_at=now,
                     updated_at=now,
+                    submitted_by=new.submitted_by,
                 )
                 session.add(row)
                 await session.flush()
@@ -72,15 +73,19 @@ class JobStore:
         self,
         *,
         project: str = "",
+        projects: Sequence[str] | None = None,
         phases: Sequence[JobPhase] = (),
         dataplane: str = "",
         limit: int = 100,
         after: tuple[datetime, str] | None = None,
     ) -> list[JobRecord]:
-        """Newest first; `after` is the (created_at, id) of the previous page's last job."""
+        """Newest first; `after` is the (created_at, id) of the previous page's last job.
+        `projects` (a key's scope) limits the list to those projects; None: every one."""
         query = sa.select(JobRow)
         if project:
             query = query.where(JobRow.project == project)
+        if projects is not None:
+            query = query.where(JobRow.project.in_(list(projects)))
         if phases:
             query = query.where(JobRow.phase.in_([p.value for p in phases]))
         if dataplane:

@@ -76,6 +76,7 @@ def job_record(row: JobRow, attempts: list[AttemptRow] | None = None) -> JobReco
         started_at=row.started_at,
         finished_at=row.finished_at,
         attempts=tuple(attempt_record(a) for a in sorted(attempts or [], key=lambda a: a.epoch)),
+        submitted_by=row.submitted_by,
     )
 
 

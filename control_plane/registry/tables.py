@@ -46,7 +46,9 @@ BigIntegerPK = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UTCDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime,
+    }
 
 
 class DataplaneRow(Base):
@@ -65,6 +67,10 @@ class DataplaneRow(Base):
     drain_deadline: Mapped[datetime | None]
     # The control-plane replica that holds the agent's stream now; None: not connected.
     stream_replica: Mapped[str | None] = mapped_column(String(128))
+    # The agent's join token, hashed (see domain/access.py); None: not enrolled yet.
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    token_issued_at: Mapped[datetime | None]
+    token_revoked_at: Mapped[datetime | None]
 
 
 class ReplicaRow(Base):
@@ -126,6 +132,8 @@ class JobRow(Base):
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The API key that submitted it (its name and id), for the audit of others' cancels.
+    submitted_by: Mapped[str] = mapped_column(String(160), default="")
 
 
 class AttemptRow(Base):
@@ -181,3 +189,32 @@ class JobEventRow(Base):
     attempt_id: Mapped[str | None] = mapped_column(String(48))
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class ApiKeyRow(Base):
+    """An API key: its role and projects; the key itself is kept as a hash only."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    projects: Mapped[list[str]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(160))
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditRow(Base):
+    """Who changed what: policies, dataplanes, keys, cordons and drains, others' jobs."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[str] = mapped_column(Text, default="")

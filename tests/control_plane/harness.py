@@ -37,7 +37,8 @@ async def control_plane(
     fields: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "database_url": database_url,
-        "join_token": TOKEN,
+        # Without API keys and join tokens (127.0.0.1); tests of access turn them on.
+        "auth": False,
         "heartbeat_interval_s": 1.0,
         "stale_after_s": 15.0,
         "lost_after_s": 60.0,
@@ -104,8 +105,12 @@ class FakeAgent:
         pools: Sequence[types_pb2.Pool],
         region: str = "us-east-1",
         token: str = TOKEN,
+        admin_key: str = "",
     ) -> None:
         self.name, self.pools, self.region, self.token = name, list(pools), region, token
+        self.cloud = "test"
+        # For registered(): a control plane with auth lists dataplanes to keys only.
+        self.metadata = (("authorization", f"Bearer {admin_key}"),) if admin_key else ()
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.outbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue()
         self.inbox: asyncio.Queue[agent_pb2.ControlMessage] = asyncio.Queue()
@@ -122,7 +127,7 @@ class FakeAgent:
                 hello=agent_pb2.Hello(
                     dataplane=self.name,
                     region=self.region,
-                    cloud="test",
+                    cloud=self.cloud,
                     credential=self.token,
                     agent_version="fake",
                 )
@@ -154,7 +159,9 @@ class FakeAgent:
         """Wait until the control plane shows this agent's pools (its heartbeat landed)."""
         admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         for _ in range(250):
-            listed = await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())
+            listed = await admin.ListDataplanes(
+                admin_pb2.ListDataplanesRequest(), metadata=self.metadata
+            )
             if any(
                 d.name == self.name and len(d.pools) == len(self.pools) for d in listed.dataplanes
             ):

@@ -54,6 +54,41 @@ class AdminServiceStub:
                 request_serializer=fleet_dot_v1_dot_admin__pb2.UncordonDataplaneRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
                 _registered_method=True)
+        self.EnrollDataplane = channel.unary_unary(
+                '/fleet.v1.AdminService/EnrollDataplane',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.EnrollDataplaneRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
+        self.RotateJoinToken = channel.unary_unary(
+                '/fleet.v1.AdminService/RotateJoinToken',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.RotateJoinTokenRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeJoinToken = channel.unary_unary(
+                '/fleet.v1.AdminService/RevokeJoinToken',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/fleet.v1.AdminService/CreateApiKey',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/fleet.v1.AdminService/ListApiKeys',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/fleet.v1.AdminService/RevokeApiKey',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/fleet.v1.AdminService/ListAuditEvents',
+                request_serializer=fleet_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -86,6 +121,56 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollDataplane(self, request, context):
+        """Dataplane identity. The join token is in the response only, once; the control plane
+        keeps its hash. A token binds an agent's stream to that one dataplane.
+        ALREADY_EXISTS if taken
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateJoinToken(self, request, context):
+        """the old token stops working
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeJoinToken(self, request, context):
+        """and closes its stream
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """API keys: a role and the projects it covers. The key is in the response only, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Who changed the policy, enrolled or revoked dataplanes, cordoned or drained, made or
+        revoked keys, cancelled others' jobs. Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +193,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.UncordonDataplane,
                     request_deserializer=fleet_dot_v1_dot_admin__pb2.UncordonDataplaneRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_admin__pb2.Dataplane.SerializeToString,
+            ),
+            'EnrollDataplane': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollDataplane,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.EnrollDataplaneRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'RotateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateJoinToken,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.RotateJoinTokenRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeJoinToken,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.Dataplane.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.ApiKey.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=fleet_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +338,195 @@ class AdminService:
             '/fleet.v1.AdminService/UncordonDataplane',
             fleet_dot_v1_dot_admin__pb2.UncordonDataplaneRequest.SerializeToString,
             fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollDataplane(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/EnrollDataplane',
+            fleet_dot_v1_dot_admin__pb2.EnrollDataplaneRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/RotateJoinToken',
+            fleet_dot_v1_dot_admin__pb2.RotateJoinTokenRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/RevokeJoinToken',
+            fleet_dot_v1_dot_admin__pb2.RevokeJoinTokenRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.Dataplane.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/CreateApiKey',
+            fleet_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/ListApiKeys',
+            fleet_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/RevokeApiKey',
+            fleet_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.AdminService/ListAuditEvents',
+            fleet_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+            fleet_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

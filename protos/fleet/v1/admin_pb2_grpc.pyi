@@ -38,6 +38,23 @@ class AdminServiceStub:
     """Cordon, and at the deadline preempt what still runs there (a free retry elsewhere)."""
     UncordonDataplane: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UncordonDataplaneRequest, _admin_pb2.Dataplane]
     """Back to work: ends a cordon or a drain."""
+    EnrollDataplane: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EnrollDataplaneRequest, _admin_pb2.JoinTokenResponse]
+    """Dataplane identity. The join token is in the response only, once; the control plane
+    keeps its hash. A token binds an agent's stream to that one dataplane.
+    ALREADY_EXISTS if taken
+    """
+    RotateJoinToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateJoinTokenRequest, _admin_pb2.JoinTokenResponse]
+    """the old token stops working"""
+    RevokeJoinToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeJoinTokenRequest, _admin_pb2.Dataplane]
+    """and closes its stream"""
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]
+    """API keys: a role and the projects it covers. The key is in the response only, once."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.ApiKey]
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
+    """Who changed the policy, enrolled or revoked dataplanes, cordoned or drained, made or
+    revoked keys, cancelled others' jobs. Newest first.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -49,6 +66,23 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Cordon, and at the deadline preempt what still runs there (a free retry elsewhere)."""
     UncordonDataplane: _aio.UnaryUnaryMultiCallable[_admin_pb2.UncordonDataplaneRequest, _admin_pb2.Dataplane]  # type: ignore[assignment]
     """Back to work: ends a cordon or a drain."""
+    EnrollDataplane: _aio.UnaryUnaryMultiCallable[_admin_pb2.EnrollDataplaneRequest, _admin_pb2.JoinTokenResponse]  # type: ignore[assignment]
+    """Dataplane identity. The join token is in the response only, once; the control plane
+    keeps its hash. A token binds an agent's stream to that one dataplane.
+    ALREADY_EXISTS if taken
+    """
+    RotateJoinToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateJoinTokenRequest, _admin_pb2.JoinTokenResponse]  # type: ignore[assignment]
+    """the old token stops working"""
+    RevokeJoinToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeJoinTokenRequest, _admin_pb2.Dataplane]  # type: ignore[assignment]
+    """and closes its stream"""
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """API keys: a role and the projects it covers. The key is in the response only, once."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.ApiKey]  # type: ignore[assignment]
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Who changed the policy, enrolled or revoked dataplanes, cordoned or drained, made or
+    revoked keys, cancelled others' jobs. Newest first.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,6 +115,65 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Dataplane, _abc.Awaitable[_admin_pb2.Dataplane]]:
         """Back to work: ends a cordon or a drain."""
+
+    @_abc_1.abstractmethod
+    def EnrollDataplane(
+        self,
+        request: _admin_pb2.EnrollDataplaneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.JoinTokenResponse, _abc.Awaitable[_admin_pb2.JoinTokenResponse]]:
+        """Dataplane identity. The join token is in the response only, once; the control plane
+        keeps its hash. A token binds an agent's stream to that one dataplane.
+        ALREADY_EXISTS if taken
+        """
+
+    @_abc_1.abstractmethod
+    def RotateJoinToken(
+        self,
+        request: _admin_pb2.RotateJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.JoinTokenResponse, _abc.Awaitable[_admin_pb2.JoinTokenResponse]]:
+        """the old token stops working"""
+
+    @_abc_1.abstractmethod
+    def RevokeJoinToken(
+        self,
+        request: _admin_pb2.RevokeJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Dataplane, _abc.Awaitable[_admin_pb2.Dataplane]]:
+        """and closes its stream"""
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_pb2.CreateApiKeyResponse]]:
+        """API keys: a role and the projects it covers. The key is in the response only, once."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApiKey, _abc.Awaitable[_admin_pb2.ApiKey]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_pb2.ListAuditEventsResponse]]:
+        """Who changed the policy, enrolled or revoked dataplanes, cordoned or drained, made or
+        revoked keys, cancelled others' jobs. Newest first.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

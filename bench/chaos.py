@@ -24,6 +24,7 @@ import argparse
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "protos"))
 
 import psycopg  # noqa: E402
-from chaos_check import Verdict, check, unfinished  # noqa: E402
+from chaos_check import Verdict, check, dump_tables, unfinished  # noqa: E402
 from chaos_load import PROJECT, LoadGenerator  # noqa: E402
 from chaos_monitor import ProgressMonitor  # noqa: E402
 from chaos_parts import (  # noqa: E402
@@ -59,19 +60,18 @@ from chaos_parts import (  # noqa: E402
 )
 
 from dataplane_agent.launcher.folder import attempt_folders  # noqa: E402
-from fleet_client import FleetClient, FleetError  # noqa: E402
+from fleet_client import PLAINTEXT, FleetClient, FleetError  # noqa: E402
 from tests.pg_server import MISSING_BINARIES, find_server_binaries  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 KINDS = ("agent", "control-plane", "postgres")
-# A part is down at most this fraction of lost_after (plus its own start-up), so that no
-# dataplane is ever declared lost: then nothing may run twice.
-SHORT_OUTAGE_FRACTION = 0.35
+MIN_PAUSE_S = 0.2
 LONG_OUTAGE_RANGE = (1.2, 2.0)     # x lost_after, for half the kills with --long-outages
 READY_TIMEOUT_S = 90.0
 DRAIN_TIMEOUT_S = 120.0
 QUIET_TIMEOUT_S = 30.0
 SHOWN_PROBLEMS = 20
+LOST_LINE = re.compile(r"dataplanes \[(.*?)\] lost: (\d+) jobs")
 
 
 class UsageError(Exception):
@@ -118,6 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lost-after", type=float, default=6.0, metavar="S")
     parser.add_argument("--job-seconds", type=float, nargs=2, default=(0.2, 2.0),
                         metavar=("MIN", "MAX"), help="how long each job sleeps")
+    parser.add_argument("--max-pause", type=float, default=2.0, metavar="S",
+                        help="a victim stays down 0.2 s to this long (must be < --lost-after)")
     parser.add_argument("--gap", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"),
                         help="seconds between a recovery and the next kill")
     parser.add_argument("--long-outages", action="store_true",
@@ -140,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         problems.append("--rate and --seconds must be > 0, --kills >= 0")
     if not 0 < args.heartbeat < args.stale_after < args.lost_after:
         problems.append("need 0 < --heartbeat < --stale-after < --lost-after")
+    if not MIN_PAUSE_S <= args.max_pause < args.lost_after:
+        problems.append(f"--max-pause: need {MIN_PAUSE_S} <= S < --lost-after")
     if not 0 <= args.job_seconds[0] <= args.job_seconds[1]:
         problems.append("--job-seconds: need 0 <= MIN <= MAX")
     if not 0 <= args.gap[0] <= args.gap[1]:
@@ -263,7 +267,7 @@ class Harness:
         if long:
             pause = self.rng.uniform(*(f * lost_after for f in LONG_OUTAGE_RANGE))
         else:
-            pause = self.rng.uniform(0.2, SHORT_OUTAGE_FRACTION * lost_after)
+            pause = self.rng.uniform(MIN_PAUSE_S, self.args.max_pause)
         victim: Part | None = None
         if kind == "postgres":
             how = self.rng.choice(["kill -9", "immediate stop"])
@@ -333,7 +337,7 @@ class Harness:
 
     def answers(self, address: str) -> bool:
         try:
-            with FleetClient(address, timeout_s=2.0) as client:
+            with FleetClient(address, timeout_s=2.0, tls=PLAINTEXT) as client:
                 client.list_dataplanes()
             return True
         except FleetError:
@@ -343,7 +347,8 @@ class Harness:
         names: set[str] = set()
         for part in self.control_planes:
             try:
-                with FleetClient(control_plane_address(part), timeout_s=2.0) as client:
+                address = control_plane_address(part)
+                with FleetClient(address, timeout_s=2.0, tls=PLAINTEXT) as client:
                     names |= {d.name for d in client.list_dataplanes() if d.connected}
             except FleetError:
                 pass
@@ -369,6 +374,25 @@ class Harness:
         self.events.write(f"{stamp} +{elapsed:7.1f}s {message}\n")
 
     # -- the end --------------------------------------------------------------------------------
+
+    def dump_registry(self) -> None:
+        """The registry's jobs, attempts and events as CSV next to the logs (the server
+        and its data are deleted at the end)."""
+        if self.pg is None or not self.conninfo:
+            return
+        try:
+            dump_tables(self.conninfo, self.root)
+        except psycopg.Error as error:
+            self.note(f"could not dump the registry: {error}")
+
+    def dataplanes_lost(self) -> Counter[str]:
+        """How often each dataplane was declared lost, from the control planes' logs."""
+        lost: Counter[str] = Counter()
+        for part in self.control_planes:
+            if part.log_file.exists():
+                for match in LOST_LINE.finditer(part.log_file.read_text(errors="replace")):
+                    lost.update(name.strip(" '") for name in match.group(1).split(","))
+        return lost
 
     def cleanup(self, keep: bool) -> None:
         if self.load is not None:
@@ -402,6 +426,11 @@ class Harness:
         if stalled:
             longest += f"; {stalled} kills without progress within {self.args.recover_timeout:g} s"
         errors = ", ".join(f"{code} {n}" for code, n in stats.errors.most_common()) or "none"
+        lost_dataplanes = self.dataplanes_lost()
+        declared = str(sum(lost_dataplanes.values()))
+        if lost_dataplanes:
+            each = sorted(lost_dataplanes.items())
+            declared += " (" + ", ".join(f"{name} {n}" for name, n in each) + ")"
         duplicated = str(verdict.duplicated)
         if verdict.fenced_duplicates:
             duplicated += f" ({verdict.fenced_duplicates} fenced)"
@@ -420,6 +449,7 @@ class Harness:
             ("submit errors retried", errors),
             ("idempotent re-submits", f"{stats.resubmits} checked, "
                                       f"{len(stats.resubmit_mismatches)} answered another job"),
+            ("dataplanes declared lost", declared),
             ("unexpected exits", str(len(self.unexpected))),
         ]
 
@@ -467,13 +497,17 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         keep = args.keep or not ok
+        if not ok:
+            harness.dump_registry()
         harness.cleanup(keep)
     if verdict is not None:
         table = print_table(harness.table(verdict, time.monotonic() - harness.started))
         for problem in verdict.problems[:SHOWN_PROBLEMS]:
             print(problem)
         if len(verdict.problems) > SHOWN_PROBLEMS:
-            print(f"... and {len(verdict.problems) - SHOWN_PROBLEMS} more")
+            print(f"... and {len(verdict.problems) - SHOWN_PROBLEMS} more in problems.txt")
+        if verdict.problems and keep:
+            (root / "problems.txt").write_text("\n".join(verdict.problems) + "\n")
         assert harness.load is not None
         for line in harness.load.stats.fatal + harness.load.stats.resubmit_mismatches:
             print(f"submit: {line}")

@@ -201,6 +201,17 @@ def describe(
     return "\n".join(lines)
 
 
+def dump_tables(conninfo: str, folder: Path) -> None:
+    """jobs.csv, attempts.csv and job_events.csv: the registry as it ended, for a report."""
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cursor:
+        for table in ("jobs", "attempts", "job_events"):
+            with (folder / f"{table}.csv").open("wb") as out, cursor.copy(
+                f"COPY {table} TO STDOUT WITH (FORMAT csv, HEADER)"
+            ) as copy:
+                for data in copy:
+                    out.write(data)
+
+
 def unfinished(conninfo: str, job_ids: list[str]) -> int:
     """How many of these jobs are missing or not final yet."""
     with psycopg.connect(conninfo) as conn:

@@ -24,6 +24,7 @@ from pathlib import Path
 from fleet.v1 import types_pb2
 
 from fleet_client import (
+    PLAINTEXT,
     AlreadyExists,
     FleetClient,
     FleetError,
@@ -152,7 +153,7 @@ class LoadGenerator:
 
     def _work(self, index: int) -> None:
         address = index % len(self._addresses)
-        client = FleetClient(self._addresses[address], timeout_s=SUBMIT_TIMEOUT_S)
+        client = _plaintext_client(self._addresses[address])
         chooser = random.Random(index)
         try:
             while not self._abort.is_set():
@@ -193,7 +194,7 @@ class LoadGenerator:
                 # the next control plane may be up when this one is not.
                 client.close()
                 address = (address + 1) % len(self._addresses)
-                client = FleetClient(self._addresses[address], timeout_s=SUBMIT_TIMEOUT_S)
+                client = _plaintext_client(self._addresses[address])
                 time.sleep(backoff)
                 backoff = min(backoff * 2, RETRY_MAX_S)
                 continue
@@ -215,3 +216,8 @@ class LoadGenerator:
                 self.stats.resubmit_mismatches.append(
                     f"{key}: first answer {first}, again {answer.job.id} (created={answer.created})"
                 )
+
+
+def _plaintext_client(address: str) -> FleetClient:
+    """The chaos fleet listens on 127.0.0.1 in plaintext."""
+    return FleetClient(address, timeout_s=SUBMIT_TIMEOUT_S, tls=PLAINTEXT)

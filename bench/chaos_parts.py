@@ -160,9 +160,11 @@ class Timers:
 
 
 def fleet_env(join_token: str) -> dict[str, str]:
-    """This interpreter's bin first (the runner and `fleet` itself), unbuffered logs."""
+    """This interpreter's bin first (the runner and `fleet` itself), unbuffered logs, and
+    plaintext (everything listens on 127.0.0.1)."""
     return {
         **os.environ,
+        "FLEET_INSECURE": "1",
         "FLEET_JOIN_TOKEN": join_token,
         "PYTHONUNBUFFERED": "1",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -180,6 +182,7 @@ def control_plane_part(
         "--stale-after", str(timers.stale_after_s),
         "--lost-after", str(timers.lost_after_s),
         *([] if index == 0 else ["--no-migrate"]),
+        "--insecure",   # plaintext, on 127.0.0.1
     ]
     return Part(f"cp{index + 1}", "control-plane", args, root / f"cp{index + 1}.log", env, root)
 

@@ -43,11 +43,11 @@ class Relay:
             [("grpc.ssl_target_name_override", server_name)] if server_name else []
         )
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def use_key(self, key: str) -> None:
         """This replica's own API key (role replica), presented to the others."""
         self._metadata = ((AUTHORIZATION, f"Bearer {key}"),)
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def holder(self, dataplane: str) -> str | None:
         """The address of the other replica holding the dataplane's stream, if one does."""

@@ -59,7 +59,7 @@ from control_plane.registry import (
 from control_plane.relay import Relay
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
-from control_plane.settings import ControlPlaneSettings, transport_problem
+from control_plane.settings import ControlPlaneSettings, is_loopback, transport_problem
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,6 @@ async def start(
     extra_services: Sequence[ServiceInstaller] = (),
 ) -> RunningControlPlane:
     clock = clock or SystemClock()
-    if not settings.auth and not is_loopback(settings.listen):
-        raise SettingsError(
-            f"--no-auth: only on a loopback address (127.0.0.1, ::1), not {settings.listen}"
-        )
     problem = transport_problem(settings)
     if problem is not None:
         raise SettingsError(problem)
@@ -305,11 +301,6 @@ def _add_ports(
         if agent_port == 0:
             raise SettingsError(f"agent listen: cannot bind {settings.agent_listen}")
     return port, agent_port
-
-
-def is_loopback(listen: str) -> bool:
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    return host in ("127.0.0.1", "::1", "localhost")
 
 
 def advertised(settings: ControlPlaneSettings, port: int) -> str:

@@ -53,7 +53,9 @@ class ControlPlaneSettings:
 
 def transport_problem(settings: ControlPlaneSettings) -> str | None:
     """Why these settings cannot serve (naming the flags), or None. Plaintext is served only
-    when chosen explicitly; TLS needs a certificate and its key."""
+    when chosen explicitly; TLS needs a certificate and its key; no auth only on loopback."""
+    if not settings.auth and not is_loopback(settings.listen):
+        return f"--no-auth: only on a loopback address (127.0.0.1, ::1), not {settings.listen}"
     if settings.insecure and (settings.tls_cert or settings.tls_key or settings.tls_client_ca):
         return "--insecure serves plaintext: leave out --tls-cert, --tls-key and --tls-client-ca"
     if not settings.insecure and not (settings.tls_cert or settings.tls_key):
@@ -69,3 +71,8 @@ def transport_problem(settings: ControlPlaneSettings) -> str | None:
             "dial the second listener, everyone else the main one"
         )
     return None
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost")

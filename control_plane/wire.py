@@ -11,6 +11,12 @@ from fleet.v1 import admin_pb2, agent_pb2, types_pb2
 from google.protobuf import json_format, timestamp_pb2
 
 from control_plane.domain.cordon import DataplaneState
+from control_plane.domain.limits import (
+    MAX_ATTEMPT_MESSAGE,
+    MAX_ATTEMPT_REASON,
+    MAX_LOG_ERROR,
+    clipped,
+)
 from control_plane.domain.phases import AttemptPhase, DataplaneHealth, JobPhase, PurchaseType
 from control_plane.domain.placement import Decision, JobDemand
 from control_plane.domain.reconcile import ReportedAttempt
@@ -251,7 +257,8 @@ def dataplane_to_proto(
 
 
 def reported_from_proto(status: agent_pb2.AttemptStatus) -> ReportedAttempt:
-    """Raises ValueError naming the attempt when its phase is not a valid report."""
+    """Raises ValueError naming the attempt when its phase is not a valid report. The free
+    text (reason, message) is cut to its limit: what a task printed never refuses a report."""
     try:
         phase = enum_from_proto(AttemptPhase, status.phase)
     except ValueError as exc:
@@ -262,12 +269,24 @@ def reported_from_proto(status: agent_pb2.AttemptStatus) -> ReportedAttempt:
         id=status.attempt_id,
         epoch=status.epoch,
         phase=phase,
-        reason=status.reason,
-        message=status.message,
+        reason=clipped(status.reason, MAX_ATTEMPT_REASON),
+        message=clipped(status.message, MAX_ATTEMPT_MESSAGE),
         exit_code=status.exit_code if status.HasField("exit_code") else None,
         started_at=from_timestamp(status.started_at, status.HasField("started_at")),
         finished_at=from_timestamp(status.finished_at, status.HasField("finished_at")),
         outputs=status.outputs,
+    )
+
+
+def clipped_log_chunk(chunk: types_pb2.LogChunk) -> types_pb2.LogChunk:
+    """A log chunk from an agent, its error cut to its limit (it ends up in a status)."""
+    if len(chunk.error) <= MAX_LOG_ERROR:
+        return chunk
+    return types_pb2.LogChunk(
+        request_id=chunk.request_id,
+        data=chunk.data,
+        eof=chunk.eof,
+        error=clipped(chunk.error, MAX_LOG_ERROR),
     )
 
 

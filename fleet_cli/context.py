@@ -20,6 +20,7 @@ from fleet_client import FleetClient, TlsConfig
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The same variables configure the Flyte connector (fleet_client.TlsConfig.from_env).
 TLS_CA_ENV = "FLEET_TLS_CA"
+API_KEY_ENV = "FLEET_API_KEY"
 INSECURE_ENV = "FLEET_INSECURE"
 
 ParsedT = TypeVar("ParsedT")
@@ -36,6 +37,7 @@ class GlobalOptions:
     output: OutputFormat = OutputFormat.table
     # TLS with the system's roots unless told otherwise.
     tls: TlsConfig = field(default_factory=TlsConfig)
+    api_key: str = field(default="", repr=False)
 
 
 def option_parser(parse: Callable[[str], ParsedT]) -> Callable[[str], ParsedT]:
@@ -67,7 +69,7 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
 
 def open_client(ctx: typer.Context) -> FleetClient:
     options = global_options(ctx)
-    return FleetClient(options.address, tls=options.tls)
+    return FleetClient(options.address, tls=options.tls, api_key=options.api_key)
 
 
 # Piped output (grep, a CI log) is not wrapped at 80 columns: rows stay whole.

@@ -6,7 +6,8 @@ own GPU pools and a local process launcher. A dozen jobs with different GPU need
 submitted; the demo shows them move, then prints where each ran and how long it took.
 Then `pyflyte run examples/fleet_workflow.py training_pipeline` sends a real Flyte
 workflow's tasks to the fleet (EU-only GPU, any GPU, CPU only). Exit code 0 only if every
-job and the workflow succeeded. Everything it started is stopped on exit.
+job and the workflow succeeded. Everything it started is stopped on exit. It all listens
+on 127.0.0.1 in plaintext, which every process is told explicitly (--insecure).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def run_demo(keep: bool = False, console: Console | None = None) -> int:
         fleet.start_control_plane()
         for name, pool_file in DATAPLANES.items():
             fleet.add_agent(name, pool_file)
-        with FleetClient(fleet.address, timeout_s=10) as client:
+        with fleet.client(timeout_s=10) as client:
             _wait_for_dataplanes(fleet, client, console)
             ids = _submit_all(client)
             jobs = _follow(fleet, client, ids, console)
@@ -205,7 +206,7 @@ def _run_workflow(fleet: LocalFleet, console: Console) -> bool:
             timeout=300,
             env={
                 **os.environ,
-                "FLEET_ADDRESS": fleet.address,
+                **fleet.client_env(),   # the address, and plaintext (the demo's loopback)
                 "FLEET_PROJECT": "demo",
                 "COLUMNS": "400",
             },

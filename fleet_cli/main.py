@@ -28,8 +28,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from fleet_cli import dataplanes, jobs, policy, roles
+from fleet_cli import audit, dataplanes, jobs, keys, policy, roles
 from fleet_cli.context import (
+    API_KEY_ENV,
     DEFAULT_ADDRESS,
     INSECURE_ENV,
     TLS_CA_ENV,
@@ -159,6 +160,15 @@ def global_option_values(
             "demo on 127.0.0.1). Without it the client speaks TLS.",
         ),
     ] = False,
+    api_key: Annotated[
+        str,
+        typer.Option(
+            envvar=API_KEY_ENV,
+            metavar="KEY",
+            help="Your API key (fleet keys create makes them).",
+            show_default=False,
+        ),
+    ] = "",
 ) -> None:
     if insecure and tls_ca is not None:
         raise typer.BadParameter(
@@ -166,7 +176,7 @@ def global_option_values(
             param_hint="'--insecure' / '--tls-ca'",
         )
     tls = TlsConfig(insecure=insecure, ca_file=str(tls_ca) if tls_ca else None)
-    ctx.obj = GlobalOptions(address=address, output=output, tls=tls)
+    ctx.obj = GlobalOptions(address=address, output=output, tls=tls, api_key=api_key)
 
 
 def _register_commands(root: typer.Typer) -> None:
@@ -177,6 +187,8 @@ def _register_commands(root: typer.Typer) -> None:
     root.add_typer(jobs.app, name="jobs")
     root.add_typer(dataplanes.app, name="dataplanes")
     root.add_typer(policy.app, name="policy")
+    root.add_typer(keys.app, name="keys")
+    root.command("audit")(audit.audit)
     root.command("demo")(demo_command)
 
 

@@ -41,7 +41,7 @@ JoinTokenOption = Annotated[
     str,
     typer.Option(
         envvar=JOIN_TOKEN_ENV,
-        help="Shared secret agents present when they connect.",
+        help="This dataplane's join token (fleet dataplanes add prints it).",
         show_default=False,
     ),
 ]
@@ -89,7 +89,14 @@ def control_plane(
             show_default=False,
         ),
     ] = None,
-    join_token: JoinTokenOption = "",
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="No API keys or join tokens: every caller is an admin and any agent may "
+            "join. Only on a loopback address (the demo).",
+        ),
+    ] = False,
     heartbeat_interval: Annotated[
         timedelta | None,
         typer.Option(
@@ -226,7 +233,7 @@ def control_plane(
         "tls_server_name": tls_server_name,
     }
     settings = dataclasses.replace(
-        ControlPlaneSettings(join_token=join_token, migrate=migrate, insecure=insecure),
+        ControlPlaneSettings(auth=not no_auth, migrate=migrate, insecure=insecure),
         **{field: value for field, value in given.items() if value is not None},
     )
     if not settings.heartbeat_interval_s < settings.stale_after_s < settings.lost_after_s:
@@ -235,11 +242,11 @@ def control_plane(
             f"({settings.stale_after_s:g}s) < lost after ({settings.lost_after_s:g}s)",
             param_hint="'--heartbeat-interval' / '--stale-after' / '--lost-after'",
         )
+    if db is not None:
+        _check_database_url(db)
     problem = transport_problem(settings)
     if problem is not None:
         raise typer.BadParameter(problem)
-    if db is not None:
-        _check_database_url(db)
     _configure_logging(log_level)
     extra_services: list[ServiceInstaller] = []
     if flyte_connector:

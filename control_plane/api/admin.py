@@ -14,18 +14,17 @@ from control_plane.api.access import Access
 from control_plane.api.admin_keys import KeysAdmin
 from control_plane.api.agents import REVOKED
 from control_plane.api.errors import Context, refuse
-from control_plane.api.validation import name_problem
+from control_plane.api.validation import check, duration_problem, name_problem, text_problem
 from control_plane.clock import Clock
 from control_plane.domain.access import Action
-from control_plane.domain.cordon import MAX_REASON
 from control_plane.domain.health import Timers
+from control_plane.domain.limits import MAX_DRAIN_DEADLINE, MAX_REASON
 from control_plane.domain.records import DataplaneRecord
 from control_plane.registry import AuditLog, DataplaneStore, JoinTokens, KeyStore
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.wire import dataplane_to_proto
 
-MAX_DRAIN_DEADLINE = timedelta(days=30)
 MAX_TEXT = 64
 
 
@@ -133,6 +132,7 @@ class AdminService(KeysAdmin, admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.Dataplane:
         caller = await self._access.require(context, Action.ADMIN)
         await self._check(request.name, request.reason, context)
+        await check(context, [duration_problem("deadline", request.deadline)])
         deadline = request.deadline.ToTimedelta()
         if deadline < timedelta(0) or deadline > MAX_DRAIN_DEADLINE:
             await refuse(
@@ -163,11 +163,9 @@ class AdminService(KeysAdmin, admin_pb2_grpc.AdminServiceServicer):
     # -- helpers ---------------------------------------------------------------------------
 
     async def _check(self, name: str, reason: str, context: Context) -> None:
-        problem = name_problem("name", name)
-        if problem is None and len(reason) > MAX_REASON:
-            problem = f"reason: longer than {MAX_REASON} characters"
-        if problem is not None:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await check(
+            context, [name_problem("name", name), text_problem("reason", reason, MAX_REASON)]
+        )
 
     async def _unknown(self, name: str, context: Context) -> NoReturn:
         await refuse(context, grpc.StatusCode.NOT_FOUND, f"name: no dataplane named {name!r}")

@@ -14,16 +14,24 @@ from datetime import timedelta
 
 import grpc
 from fleet.v1 import agent_pb2, agent_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
-from control_plane.api.validation import name_problem
+from control_plane.api.peer import check_agent_peer
+from control_plane.api.validation import agent_message_problems, check, hello_problems, joined
 from control_plane.clock import Clock
 from control_plane.domain.records import PoolRecord
 from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import AgentSession, SessionHub
-from control_plane.wire import cancel_message, launch_message, pool_from_proto, reported_from_proto
+from control_plane.wire import (
+    cancel_message,
+    clipped_log_chunk,
+    launch_message,
+    pool_from_proto,
+    reported_from_proto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Context
     ) -> None:
         hello = await self._hello(request_iterator, context)
+        await check_agent_peer(context, hello.dataplane)
         await self._dataplanes.register(
             hello.dataplane,
             hello.region,
@@ -104,7 +113,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 await self._replicas.release_stream(hello.dataplane, self._replica_id)
             self._scheduler.wake()
             log.info("dataplane %s disconnected: %s", hello.dataplane, session.closed_reason)
-        error = None if reader.cancelled() else reader.exception()
+        # Not done: the session was closed from elsewhere (a newer stream of this dataplane).
+        error = reader.exception() if reader.done() and not reader.cancelled() else None
         if isinstance(error, RevokedError) or session.closed_reason == REVOKED:
             await refuse(context, grpc.StatusCode.UNAUTHENTICATED,
                          f"hello.credential: the join token of {hello.dataplane!r} was revoked")
@@ -123,6 +133,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             async with asyncio.timeout(HELLO_TIMEOUT_S):  # see Scheduler.run
                 first = await anext(aiter(request_iterator))
+        except DecodeError as error:   # bytes that are no AgentMessage
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"hello: {error}")
         except (TimeoutError, StopAsyncIteration):
             await refuse(
                 context,
@@ -136,11 +148,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 "hello: the first message on the stream must be a hello",
             )
         hello = first.hello
-        problem = name_problem("hello.dataplane", hello.dataplane)
-        if problem is None and not hello.region:
-            problem = "hello.region: required"
-        if problem is not None:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await check(context, hello_problems(hello))
         refused = await self._access.join_problem(
             hello.dataplane, hello.credential, hello.region, hello.cloud
         )
@@ -157,6 +165,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> None:
         try:
             async for message in request_iterator:
+                if problems := joined(agent_message_problems(message)):
+                    raise ProtocolError(problems)
                 kind = message.WhichOneof("body")
                 if kind == "heartbeat":
                     if await self._access.revoked(session.dataplane):
@@ -168,9 +178,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         session, None, [message.attempt_update.status], full_state=False
                     )
                 elif kind == "log_chunk":
-                    self._hub.deliver_log(message.log_chunk)
+                    self._hub.deliver_log(clipped_log_chunk(message.log_chunk))
                 else:
                     raise ProtocolError(f"{kind or 'message'}: not allowed after the hello")
+        except DecodeError as error:   # bytes that are no AgentMessage: not the database's fault
+            raise ProtocolError(f"message: {error}") from error
         finally:
             session.close("agent closed the stream")
 

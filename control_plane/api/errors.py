@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
+from control_plane.domain.limits import status_message
 from control_plane.registry.database import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ Behavior = Callable[..., Any]   # the sync stubs type handlers as sync; ours are
 
 
 async def refuse(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
+    # Cut to what a client accepts in a trailer, else it sees RESOURCE_EXHAUSTED instead.
+    await context.abort(code, status_message(message))
     raise AssertionError("unreachable: abort raises")
 
 

@@ -13,9 +13,20 @@ from fleet.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
-from control_plane.api.validation import DEFAULT_DOMAIN, DEFAULT_RETRY_BUDGET, spec_problems
+from control_plane.api.validation import (
+    DEFAULT_DOMAIN,
+    DEFAULT_RETRY_BUDGET,
+    cancel_problems,
+    check,
+    id_problem,
+    list_problems,
+    logs_problems,
+    spec_problems,
+    watch_problems,
+)
 from control_plane.clock import Clock
 from control_plane.domain.access import Action
+from control_plane.domain.limits import MAX_PAGE
 from control_plane.domain.phases import JobPhase
 from control_plane.domain.placement import never_fits
 from control_plane.domain.records import JobRecord, NewJob
@@ -33,7 +44,6 @@ from control_plane.wire import (
 )
 
 DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 DEFAULT_LOG_TAIL = 1 << 20
 LOG_CHUNK_TIMEOUT_S = 30.0
 
@@ -95,12 +105,14 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
 
     async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> types_pb2.Job:
+        await check(context, [id_problem("job_id", request.job_id)])
         return job_to_proto(await self._job(request.job_id, context, Action.READ))
 
     async def List(
         self, request: jobs_pb2.ListJobsRequest, context: Context
     ) -> jobs_pb2.ListJobsResponse:
         caller = await self._access.require(context, Action.READ, request.project)
+        await check(context, list_problems(request))
         try:
             phases = [enum_from_proto(JobPhase, p) for p in request.phases]
         except ValueError as exc:
@@ -135,6 +147,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         )
 
     async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: Context) -> types_pb2.Job:
+        await check(context, cancel_problems(request))
         target = await self._job(request.job_id, context, Action.CANCEL)
         caller = await self._access.caller(context)
         job, live = await self._jobs.cancel(request.job_id, request.reason, self._clock.now())
@@ -154,6 +167,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def Watch(
         self, request: jobs_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[types_pb2.JobEvent]:
+        await check(context, watch_problems(request))
         job = await self._job(request.job_id, context, Action.READ)
         seq = request.after_seq
         final = job.phase.final
@@ -173,6 +187,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def Logs(
         self, request: jobs_pb2.JobLogsRequest, context: Context
     ) -> AsyncIterator[types_pb2.LogChunk]:
+        await check(context, logs_problems(request))
         job = await self._job(request.job_id, context, Action.READ)
         attempts = [a for a in job.attempts if not request.attempt_id or a.id == request.attempt_id]
         if not attempts:

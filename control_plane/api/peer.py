@@ -16,13 +16,13 @@ a server interceptor, says so to every AgentService.Connect call it wraps.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
-from control_plane.api.errors import Context, Handler, refuse
+from control_plane.api.errors import Behavior, Context, Handler, refuse
 
 AGENT_CONNECT = "/fleet.v1.AgentService/Connect"
 # Set only inside the AgentService.Connect calls of a server with a client CA.
@@ -51,14 +51,14 @@ async def check_agent_peer(context: Context, dataplane: str) -> None:
         )
 
 
-def certificate_names(auth_context: dict[str, Any]) -> set[str]:
+def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> set[str]:
     """The subject CN and subject alternative names of the peer's verified certificate
     (empty without one: gRPC puts them in the auth context only after verifying)."""
     values = [
         *auth_context.get("x509_common_name", ()),
         *auth_context.get("x509_subject_alternative_name", ()),
     ]
-    return {v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values}
+    return {value.decode(errors="replace") for value in values}
 
 
 class AgentCertificates(grpc.aio.ServerInterceptor):
@@ -72,15 +72,15 @@ class AgentCertificates(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method != AGENT_CONNECT:
             return handler
-        behavior = handler.stream_stream
-        if behavior is None:
+        if handler.stream_stream is None:
             return handler
+        behavior: Behavior = handler.stream_stream   # ours is async (see errors.Behavior)
 
         # The variable is set in the call's own coroutine, so only this call sees it.
         async def connect(request_iterator: Any, context: Context) -> Any:
             token = _CERTIFICATE_REQUIRED.set(True)
             try:
-                return await behavior(request_iterator, context)  # type: ignore[misc]
+                return await behavior(request_iterator, context)
             finally:
                 _CERTIFICATE_REQUIRED.reset(token)
 

@@ -7,8 +7,17 @@ from fleet.v1 import admin_pb2, admin_pb2_grpc
 
 from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
+from control_plane.api.validation import (
+    check,
+    id_problem,
+    policy_problems,
+    rollback_problems,
+    spec_problems,
+    version_problem,
+)
 from control_plane.clock import Clock
 from control_plane.domain.access import Action
+from control_plane.domain.limits import MAX_REPLAY
 from control_plane.domain.phases import DataplaneHealth, JobPhase
 from control_plane.domain.placement import (
     CapacityLedger,
@@ -25,7 +34,6 @@ from control_plane.wire import demand_from_json, explanation_to_proto, spec_to_j
 
 POLICY_SOURCE = "policy.yaml"
 DEFAULT_REPLAY = 200
-MAX_REPLAY = 5000
 
 
 class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
@@ -49,6 +57,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
         self, request: admin_pb2.ApplyPolicyRequest, context: Context
     ) -> admin_pb2.ApplyPolicyResponse:
         caller = await self._access.require(context, Action.ADMIN)
+        await check(context, policy_problems(request))
         try:
             candidate = parse_policy(request.document, POLICY_SOURCE)
         except PolicyError as error:
@@ -82,6 +91,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
         self, request: admin_pb2.GetPolicyRequest, context: Context
     ) -> admin_pb2.PolicyVersion:
         await self._access.require(context, Action.VIEW_FLEET)
+        await check(context, [version_problem(request.version)])
         if request.version == 0:
             current = await self._policies.current()
             return admin_pb2.PolicyVersion() if current is None else _version(current)
@@ -106,6 +116,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
         self, request: admin_pb2.RollbackPolicyRequest, context: Context
     ) -> admin_pb2.PolicyVersion:
         caller = await self._access.require(context, Action.ADMIN)
+        await check(context, rollback_problems(request))
         old = await self._policies.get(request.version)
         if old is None:
             await refuse(
@@ -134,6 +145,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
         self, request: admin_pb2.ExplainJobRequest, context: Context
     ) -> admin_pb2.Explanation:
         caller = await self._access.caller(context)
+        await check(context, [id_problem("job_id", request.job_id)])
         job = await self._jobs.get(request.job_id)
         if job is None or not caller.may(Action.READ, job.project):
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
@@ -150,8 +162,7 @@ class PolicyService(admin_pb2_grpc.PolicyServiceServicer):
     async def ExplainPlacement(
         self, request: admin_pb2.ExplainPlacementRequest, context: Context
     ) -> admin_pb2.Explanation:
-        if not request.spec.project:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "spec.project: required")
+        await check(context, spec_problems(request.spec, what_if=True))
         await self._access.require(context, Action.READ, request.spec.project)
         demand = demand_from_json("what-if", spec_to_json(request.spec))
         version, decision = await self._scheduler.explain(demand)

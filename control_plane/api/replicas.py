@@ -7,6 +7,7 @@ from fleet.v1 import replica_pb2, replica_pb2_grpc
 
 from control_plane.api.access import Access
 from control_plane.api.errors import Context
+from control_plane.api.validation import check, deliver_problems
 from control_plane.domain.access import Action
 from control_plane.sessions import SessionHub
 
@@ -20,5 +21,6 @@ class ReplicaService(replica_pb2_grpc.ReplicaServiceServicer):
         self, request: replica_pb2.DeliverRequest, context: Context
     ) -> replica_pb2.DeliverResponse:
         await self._access.require(context, Action.RELAY)
+        await check(context, deliver_problems(request))
         delivered = all(self._hub.send_here(request.dataplane, m) for m in request.messages)
         return replica_pb2.DeliverResponse(delivered=delivered)

@@ -117,6 +117,7 @@ def settings_for(tmp_path: Path, workdir: Path, port: int, token: str = TOKEN) -
     return AgentSettings(
         control_plane=f"127.0.0.1:{port}", pools_file=pools, join_token=token, workdir=workdir,
         reconnect_min_s=0.05, reconnect_max_s=0.3, poll_interval_s=0.05, kill_grace_s=1.0,
+        insecure=True,   # the fake control plane speaks plaintext
     )
 
 
@@ -403,7 +404,7 @@ async def test_the_agent_process_stops_on_a_signal_with_exit_code_0(
         "from dataplane_agent import AgentSettings, run_agent; "
         f"sys.exit(run_agent(AgentSettings(control_plane={settings.control_plane!r}, "
         f"pools_file=Path({str(settings.pools_file)!r}), join_token={TOKEN!r}, "
-        f"workdir=Path({str(workdir)!r}))))"
+        f"workdir=Path({str(workdir)!r}), insecure=True)))"
     )
     agent = subprocess.Popen([sys.executable, "-c", program])
     try:

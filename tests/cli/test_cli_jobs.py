@@ -19,8 +19,8 @@ OK, FAILED = types_pb2.JOB_PHASE_SUCCEEDED, types_pb2.JOB_PHASE_FAILED
 
 def fleet(address: str, *args: str) -> Result:
     # Wide enough that rich tables never wrap a cell the tests look for.
-    runner = CliRunner(env={"COLUMNS": "250", "FLEET_ADDRESS": None})
-    return runner.invoke(app, ["--address", address, *args])
+    runner = CliRunner(env={"COLUMNS": "250", "FLEET_ADDRESS": None, "FLEET_TLS_CA": None})
+    return runner.invoke(app, ["--address", address, "--insecure", *args])
 
 
 def script(

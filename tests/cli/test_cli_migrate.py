@@ -129,10 +129,12 @@ def test_control_plane_reads_the_database_url_from_the_environment(
     url = "postgresql+psycopg://fleet:pw@db.fleet-system:5432/fleet"
     result = fleet(
         "control-plane", "--no-migrate",
-        env={"FLEET_DATABASE_URL": url, "FLEET_JOIN_TOKEN": "t"},
+        env={"FLEET_DATABASE_URL": url, "FLEET_JOIN_TOKEN": "t", "FLEET_INSECURE": "1"},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert served == [ControlPlaneSettings(database_url=url, join_token="t", migrate=False)]
+    assert served == [
+        ControlPlaneSettings(database_url=url, migrate=False, insecure=True)
+    ]
 
 
 def test_control_plane_refuses_a_bad_url_before_serving(

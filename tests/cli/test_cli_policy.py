@@ -40,8 +40,10 @@ RESERVED, ON_DEMAND, SPOT = (
 
 def fleet(address: str, *args: str, stdin: str | None = None, user: str = "alice") -> Result:
     # Wide enough that rich tables never wrap a cell the tests look for.
-    runner = CliRunner(env={"COLUMNS": "250", "FLEET_ADDRESS": None, "USER": user})
-    return runner.invoke(app, ["--address", address, *args], input=stdin)
+    runner = CliRunner(
+        env={"COLUMNS": "250", "FLEET_ADDRESS": None, "FLEET_TLS_CA": None, "USER": user}
+    )
+    return runner.invoke(app, ["--address", address, "--insecure", *args], input=stdin)
 
 
 @pytest.fixture

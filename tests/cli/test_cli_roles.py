@@ -12,9 +12,17 @@ from control_plane.settings import ControlPlaneSettings
 from dataplane_agent.settings import AgentSettings
 from fleet_cli.main import app
 
+TRANSPORT_ENV = (
+    "FLEET_INSECURE", "FLEET_TLS_CERT", "FLEET_TLS_KEY", "FLEET_TLS_CA", "FLEET_TLS_CLIENT_CA",
+    "FLEET_AGENT_LISTEN", "FLEET_TLS_SERVER_NAME",
+)
+
 
 def fleet(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    runner = CliRunner(env={"COLUMNS": "250", "FLEET_JOIN_TOKEN": None, **(env or {})})
+    cleared = {name: None for name in TRANSPORT_ENV}
+    runner = CliRunner(
+        env={"COLUMNS": "250", "FLEET_JOIN_TOKEN": None, **cleared, **(env or {})}
+    )
     return runner.invoke(app, list(args))
 
 
@@ -35,21 +43,21 @@ def test_control_plane_flags_reach_the_settings(
 ) -> None:
     result = fleet(
         "control-plane", "--listen", "0.0.0.0:0", "--db", "postgresql+psycopg://fleet@db/fleet",
-        "--join-token", "s3cret", "--heartbeat-interval", "2", "--stale-after", "10s",
+        "--heartbeat-interval", "2", "--stale-after", "10s",
         "--lost-after", "1m", "--no-migrate", "--port-file", str(tmp_path / "port"),
-        "--log-level", "debug",
+        "--log-level", "debug", "--insecure",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert served == [
         ControlPlaneSettings(
             listen="0.0.0.0:0",
             database_url="postgresql+psycopg://fleet@db/fleet",
-            join_token="s3cret",
             heartbeat_interval_s=2.0,
             stale_after_s=10.0,
             lost_after_s=60.0,
             migrate=False,
             port_file=str(tmp_path / "port"),
+            insecure=True,
         )
     ]
 
@@ -57,9 +65,19 @@ def test_control_plane_flags_reach_the_settings(
 def test_control_plane_defaults_are_the_settings_defaults(
     served: list[ControlPlaneSettings],
 ) -> None:
-    result = fleet("control-plane", env={"FLEET_JOIN_TOKEN": "from-env"})
+    result = fleet("control-plane", env={"FLEET_INSECURE": "1"})
     assert result.exit_code == 0, result.output
-    assert served == [ControlPlaneSettings(join_token="from-env")]
+    assert served == [ControlPlaneSettings(insecure=True)]
+    assert served[0].auth   # keys and join tokens unless --no-auth
+
+
+def test_control_plane_without_auth_only_on_loopback(served: list[ControlPlaneSettings]) -> None:
+    local = fleet("control-plane", "--no-auth", "--insecure")
+    assert local.exit_code == 0, local.output
+    assert served == [ControlPlaneSettings(auth=False, insecure=True)]
+    exposed = fleet("control-plane", "--no-auth", "--insecure", "--listen", "0.0.0.0:50051")
+    assert exposed.exit_code == 2
+    assert "--no-auth: only on a loopback address" in exposed.stderr
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ from tests.cli.fakes import FakeFleet
 
 
 def fleet(*args: str) -> Result:
-    return CliRunner(env={"COLUMNS": "250"}).invoke(app, list(args))
+    # The fake control plane speaks plaintext.
+    env = {"COLUMNS": "250", "FLEET_INSECURE": "1", "FLEET_TLS_CA": None}
+    return CliRunner(env=env).invoke(app, list(args))
 
 
 def submit(address: str, *args: str) -> Result:

@@ -9,8 +9,14 @@ import pytest
 from fleet.v1 import admin_pb2, types_pb2
 
 import fleet_client
-from fleet_client import FleetClient
+from fleet_client import PLAINTEXT, FleetClient
 from tests.cli.fakes import Failure, FakeFleet
+
+
+def plaintext_client(address: str) -> FleetClient:
+    """The fake control plane speaks plaintext."""
+    return FleetClient(address, tls=PLAINTEXT)
+
 
 Q, S, R = types_pb2.JOB_PHASE_QUEUED, types_pb2.JOB_PHASE_SCHEDULED, types_pb2.JOB_PHASE_RUNNING
 OK, FAILED = types_pb2.JOB_PHASE_SUCCEEDED, types_pb2.JOB_PHASE_FAILED
@@ -49,7 +55,7 @@ def test_unary_status_becomes_its_error_class_with_the_servers_message(
 ) -> None:
     message = f"spec.resources.gpus: {code.name.lower()} [detail]"
     fake_fleet.failures["Get"] = Failure(code, message)
-    with FleetClient(fake_fleet.address) as client, pytest.raises(error_class) as raised:
+    with plaintext_client(fake_fleet.address) as client, pytest.raises(error_class) as raised:
         client.get("job-1")
     assert type(raised.value) is error_class
     assert raised.value.message == message
@@ -63,14 +69,14 @@ def test_stream_status_becomes_its_error_class(
     fake_fleet: FakeFleet, code: grpc.StatusCode, error_class: type[fleet_client.FleetError]
 ) -> None:
     fake_fleet.failures["Logs"] = Failure(code, "log relay failed")
-    with FleetClient(fake_fleet.address) as client, pytest.raises(error_class) as raised:
+    with plaintext_client(fake_fleet.address) as client, pytest.raises(error_class) as raised:
         list(client.logs("job-1"))
     assert type(raised.value) is error_class
     assert raised.value.message == "log relay failed"
 
 
 def test_unreachable_control_plane_is_unavailable(unreachable_address: str) -> None:
-    with FleetClient(unreachable_address) as client, pytest.raises(fleet_client.Unavailable):
+    with plaintext_client(unreachable_address) as client, pytest.raises(fleet_client.Unavailable):
         client.list_dataplanes()
 
 
@@ -79,7 +85,7 @@ def test_no_answer_within_the_timeout_is_deadline_exceeded(fake_fleet: FakeFleet
     fake_fleet.add_job(types_pb2.Job(id="job-1", phase=Q))
     # A stream has no deadline of its own; wait() gives it the caller's.
     with (
-        FleetClient(fake_fleet.address) as client,
+        plaintext_client(fake_fleet.address) as client,
         pytest.raises(
             fleet_client.DeadlineExceeded, match=r"job job-1 did not finish within 0\.3s"
         ),
@@ -94,7 +100,7 @@ def test_error_from_status_defaults_to_internal() -> None:
 
 
 def test_submit_sends_the_spec_and_client_key(fake_fleet: FakeFleet) -> None:
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         response = client.submit(spec(), client_key="exec-1/n0/0")
     assert response.created
     assert response.job.id == "job-1"
@@ -105,7 +111,7 @@ def test_submit_sends_the_spec_and_client_key(fake_fleet: FakeFleet) -> None:
 def test_iter_jobs_follows_page_tokens(fake_fleet: FakeFleet) -> None:
     for n in range(5):
         fake_fleet.add_job(types_pb2.Job(id=f"job-{n}", phase=R, spec=spec()))
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         jobs = list(client.iter_jobs(project="ml", phases=[R], page_size=2))
     assert [job.id for job in jobs] == [f"job-{n}" for n in range(5)]
     assert [r.page_token for r in fake_fleet.list_requests] == ["", "2", "4"]
@@ -118,7 +124,7 @@ def test_logs_yields_the_raw_bytes(fake_fleet: FakeFleet) -> None:
         types_pb2.LogChunk(data=b"\xff\x00raw\n"),
         types_pb2.LogChunk(eof=True),
     ]
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         data = b"".join(client.logs("job-1", attempt_id="a-1", tail_bytes=10))
     assert data == b"epoch 1\n\xff\x00raw\n"
     assert fake_fleet.log_requests[0].attempt_id == "a-1"
@@ -130,7 +136,7 @@ def test_a_log_chunk_with_an_error_raises_it(fake_fleet: FakeFleet) -> None:
         types_pb2.LogChunk(data=b"partial\n"),
         types_pb2.LogChunk(eof=True, error="pod fleet-a-1 is gone"),
     ]
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         chunks = client.logs("job-1")
         assert next(chunks) == b"partial\n"
         with pytest.raises(fleet_client.Internal, match="pod fleet-a-1 is gone"):
@@ -140,7 +146,7 @@ def test_a_log_chunk_with_an_error_raises_it(fake_fleet: FakeFleet) -> None:
 def test_wait_follows_events_to_the_final_phase(fake_fleet: FakeFleet) -> None:
     fake_fleet.script = SUCCESS_SCRIPT
     seen: list[str] = []
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         job = client.submit(spec()).job
         final = client.wait(job.id, on_event=lambda event: seen.append(event.kind))
     assert final.phase == OK
@@ -152,7 +158,7 @@ def test_wait_reopens_a_broken_watch_after_the_last_event(fake_fleet: FakeFleet)
     fake_fleet.script = SUCCESS_SCRIPT
     fake_fleet.break_watch_after = 2
     seen: list[int] = []
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         job = client.submit(spec()).job
         final = client.wait(job.id, on_event=lambda event: seen.append(event.seq))
     assert final.phase == OK
@@ -163,7 +169,7 @@ def test_wait_reopens_a_broken_watch_after_the_last_event(fake_fleet: FakeFleet)
 def test_wait_reopens_a_watch_that_ended_before_the_final_event(fake_fleet: FakeFleet) -> None:
     fake_fleet.script = [*SUCCESS_SCRIPT[:3], ("failed", FAILED, "eu-west")]
     fake_fleet.end_watch_after = 3
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         job = client.submit(spec()).job
         final = client.wait(job.id)
     assert final.phase == FAILED
@@ -171,13 +177,13 @@ def test_wait_reopens_a_watch_that_ended_before_the_final_event(fake_fleet: Fake
 
 
 def test_wait_on_an_unknown_job_is_not_found(fake_fleet: FakeFleet) -> None:
-    with FleetClient(fake_fleet.address) as client, pytest.raises(fleet_client.NotFound):
+    with plaintext_client(fake_fleet.address) as client, pytest.raises(fleet_client.NotFound):
         client.wait("nope")
 
 
 def test_cancel_sends_the_reason(fake_fleet: FakeFleet) -> None:
     fake_fleet.add_job(types_pb2.Job(id="job-1", phase=R))
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         job = client.cancel("job-1", reason="wrong data")
     assert job.phase == types_pb2.JOB_PHASE_CANCELLED
     assert fake_fleet.cancels[0].reason == "wrong data"
@@ -191,7 +197,7 @@ def test_policy_calls_send_their_arguments_and_return_the_servers_answer(
 ) -> None:
     fake_fleet.add_job(types_pb2.Job(id="job-1"))
     fake_fleet.explanation = admin_pb2.Explanation(rule="default", policy_version=2)
-    with FleetClient(fake_fleet.address) as client:
+    with plaintext_client(fake_fleet.address) as client:
         applied = client.apply_policy("rules: []\n", author="a@h", comment="first").applied
         dry = client.apply_policy("rules: [x]\n", dry_run=True, replay_jobs=10)
         current = client.get_policy()
@@ -215,7 +221,7 @@ def test_an_invalid_policy_keeps_every_line_of_the_servers_message(fake_fleet: F
     problems = "policy.yaml:3:5: rules[0].match: unknown key 'projct'\npolicy.yaml:9:1: tiers: ..."
     fake_fleet.failures["ApplyPolicy"] = Failure(grpc.StatusCode.INVALID_ARGUMENT, problems)
     with (
-        FleetClient(fake_fleet.address) as client,
+        plaintext_client(fake_fleet.address) as client,
         pytest.raises(fleet_client.InvalidArgument) as raised,
     ):
         client.apply_policy("rules: [\n")

@@ -39,6 +39,7 @@ async def control_plane(
         "database_url": database_url,
         # Without API keys and join tokens (127.0.0.1); tests of access turn them on.
         "auth": False,
+        "insecure": True,   # plaintext on 127.0.0.1; tests of TLS give tls_cert and tls_key
         "heartbeat_interval_s": 1.0,
         "stale_after_s": 15.0,
         "lost_after_s": 60.0,

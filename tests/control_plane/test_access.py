@@ -27,7 +27,7 @@ from tests.control_plane.harness import (
     status,
 )
 
-POLICY = "rules:\n  - name: all\n    tiers: [reserved, on_demand, spot]\n"
+POLICY = "version: 1\ndefault:\n  tiers: [reserved, on_demand, spot]\n"
 
 
 @dataclass
@@ -132,7 +132,8 @@ async def test_calls_need_a_valid_key_and_errors_never_show_its_secret(database_
 async def test_a_key_for_one_project_cannot_touch_another(database_url: str) -> None:
     async with secured(database_url) as (cp, caller, admin_key):
         admin = caller(admin_key)
-        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100")], admin_key=admin_key)
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100")], admin_key=admin_key,
+                          token=await enroll(admin, "onprem"))
         await agent.join()
         vision = caller(await new_key(admin, "vision-team", "submitter", "vision"))
         nlp = caller(await new_key(admin, "nlp-team", "submitter", "nlp"))

@@ -144,6 +144,14 @@ def test_every_secret_key_is_read_by_someone() -> None:
             for variable in container.get("env", [])
             if (ref := variable.get("valueFrom", {}).get("secretKeyRef"))
         }
+        read |= {   # mounted as files (a TLS certificate and its key)
+            (volume["secret"]["secretName"], item["key"])
+            for workload in manifests
+            if workload["kind"] in ("Deployment", "Job")
+            for volume in pod_spec(workload).get("volumes", [])
+            if "secret" in volume
+            for item in volume["secret"]["items"]
+        }
         for secret in of_kind(manifests, "Secret"):
             name = secret["metadata"]["name"]
             assert {(name, key) for key in config_values(manifests, "Secret", name)} <= read
@@ -236,7 +244,7 @@ def test_the_agent_deployment_is_one_pod_at_a_time_and_listens_on_nothing() -> N
             assert probe not in container
 
 
-def test_the_control_plane_is_probed_over_grpc_on_the_port_it_serves() -> None:
+def test_the_control_plane_serves_tls_and_is_probed_on_the_port_it_serves() -> None:
     manifests = applied(CONTROL_PLANE_FOLDER)
     deployment = find(manifests, "Deployment", "fleet-control-plane")
     # Replicas: each tells the others where it is (its pod IP) for relayed messages.
@@ -250,8 +258,11 @@ def test_the_control_plane_is_probed_over_grpc_on_the_port_it_serves() -> None:
     assert args[args.index("--listen") + 1] == f"0.0.0.0:{GRPC_PORT}"
     assert "--no-migrate" in args
     assert container["ports"] == [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    # TCP: the kubelet's gRPC probes cannot speak TLS.
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["grpc"] == {"port": GRPC_PORT}
+        assert container[probe]["tcpSocket"] == {"port": GRPC_PORT}
+    assert args[args.index("--tls-cert") + 1] == "/etc/fleet/tls/tls.crt"
+    assert "--insecure" not in args
     service = find(manifests, "Service", "fleet-control-plane")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
@@ -289,18 +300,22 @@ def test_workloads_run_locked_down_with_bounded_resources(
 def mount_volumes(
     workload: Manifest, container: Manifest, manifests: list[Manifest], root: Path
 ) -> dict[str, Path]:
-    """The container's mounts as folders under root (ConfigMap keys written as files)."""
+    """The container's mounts as folders under root (ConfigMap and Secret keys as files)."""
     volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
     mounts: dict[str, Path] = {}
     for mount in container.get("volumeMounts", []):
         folder = root / mount["mountPath"].lstrip("/")
         folder.mkdir(parents=True, exist_ok=True)
         volume = volumes[mount["name"]]
-        if "configMap" in volume:
-            data = config_values(manifests, "ConfigMap", volume["configMap"]["name"])
-            items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in data]
+        for kind, source, name in (("ConfigMap", "configMap", "name"),
+                                   ("Secret", "secret", "secretName")):  # fmt: skip
+            if source not in volume:
+                continue
+            data = config_values(manifests, kind, volume[source][name])
+            items = volume[source].get("items") or [{"key": k, "path": k} for k in data]
             for item in items:
                 (folder / item["path"]).write_text(data[item["key"]])
+            break
         else:
             assert "emptyDir" in volume, f"unexpected volume {volume}"
         mounts[mount["mountPath"]] = folder

@@ -20,9 +20,12 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+# lost_after well above the agent's longest reconnect backoff (10 s) plus its restart, so
+# that no dataplane is declared lost: then nothing may run twice (the harness's default
+# 6 s is shorter than that backoff; see the README's "Chaos harness").
 SHORT_RUN = [
     "--seconds", "30", "--kills", "5", "--agents", "3", "--rate", "5", "--seed", "23",
-    "--gap", "0.5", "2",
+    "--gap", "0.5", "2", "--stale-after", "5", "--lost-after", "20",
 ]
 TIMEOUT_S = 300
 

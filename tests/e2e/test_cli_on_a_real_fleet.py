@@ -38,7 +38,7 @@ def fleet_cmd(
     fleet: LocalFleet, *args: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleet_cli", "--address", fleet.address, *args],
+        [sys.executable, "-m", "fleet_cli", "--address", fleet.address, "--insecure", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -45,7 +45,7 @@ def test_a_killed_control_plane_loses_no_acknowledged_job_and_runs_none_twice(
         fleet.start_control_plane()
         fleet.add_agent("east", pools("east", "us-east-1", "reserved"))
         fleet.add_agent("west", pools("west", "us-west-2", "on_demand"))
-        with FleetClient(fleet.address, timeout_s=5) as client:
+        with fleet.client(timeout_s=5) as client:
             wait_until(lambda: _connected(client) == 2, 60, "both agents", fleet)
 
             def submit_all() -> None:

@@ -59,7 +59,7 @@ def test_agent_killed_and_restarted_reattaches_and_every_job_ends_once(
         fleet.start_control_plane()
         fleet.add_agent("east", pools("east", "us-east-1", "reserved"))
         fleet.add_agent("west", pools("west", "us-west-2", "on_demand"))
-        with FleetClient(fleet.address, timeout_s=10) as client:
+        with fleet.client(timeout_s=10) as client:
             wait_until(
                 lambda: len([d for d in _dataplanes(client) if d.connected]) == 2,
                 60,

@@ -91,7 +91,8 @@ class Partitioned:
 
     def cli(self, *args: str) -> Any:
         done = subprocess.run(
-            [sys.executable, "-m", "fleet_cli", "--address", self.fleet.address, "-o", "json",
+            [sys.executable, "-m", "fleet_cli", "--address", self.fleet.address, "--insecure",
+             "-o", "json",
              *args], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
@@ -104,7 +105,7 @@ def partitioned(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Part
                        stale_after_s=STALE_AFTER_S, lost_after_s=lost_after_s)
     # The fleet stops before the proxy, so that its agents do not see the link drop.
     with (NetProxy(fleet.address) as proxy, fleet,
-          FleetClient(fleet.address, timeout_s=10) as client):
+          fleet.client(timeout_s=10) as client):
         fleet.start_control_plane()
         # Agents dialing before the control plane listens would only grow their backoff.
         wait_until(lambda: _answers(client), 60, "the control plane to answer", fleet)

@@ -62,7 +62,7 @@ def test_the_other_replica_takes_over_when_the_leader_is_killed(
         # "west" holds its stream on the replica: its launches are relayed to it.
         fleet.add_agent("west", pools("west", "us-west-2", "on_demand"),
                         control_plane=f"{replica.address},{fleet.address}")
-        with FleetClient(replica.address, timeout_s=5) as client:
+        with FleetClient(replica.address, timeout_s=5, tls=fleet.client_tls) as client:
             wait_until(lambda: _connected(client) == 2, 60, "both agents", fleet)
             ids = submitted(client, runs, range(8))
             wait_until(lambda: sum(client.get(i).phase == P.JOB_PHASE_RUNNING for i in ids) == 8,

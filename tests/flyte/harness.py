@@ -62,10 +62,12 @@ CPU_POOL: dict[str, Any] = {
 
 
 @contextmanager
-def job_environment(address: str) -> Iterator[None]:
-    """FLEET_ADDRESS for the connector running in this process."""
+def job_environment(fleet: LocalFleet) -> Iterator[None]:
+    """FLEET_ADDRESS (and plaintext) for the connector running in this process."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLEET_ADDRESS", address)
+        patch.delenv("FLEET_TLS_CA", raising=False)
+        for name, value in fleet.client_env().items():
+            patch.setenv(name, value)
         patch.delenv("FLEET_PROJECT", raising=False)
         patch.delenv("FLEET_DOMAIN", raising=False)
         yield
@@ -88,11 +90,11 @@ def running_fleet(
         lost_after_s=lost_after_s,
         python_path=(REPO, EXAMPLES),
     )
-    with fleet, job_environment(fleet.address):
+    with fleet, job_environment(fleet):
         fleet.start_control_plane()
         for name, pools in agents.items():
             fleet.add_agent(name, pools)
-        with FleetClient(fleet.address, timeout_s=10) as client:
+        with fleet.client(timeout_s=10) as client:
             wait_until(lambda: _all_connected(client, set(agents)), 60, "agents to connect", fleet)
         yield fleet
 

@@ -67,7 +67,7 @@ def connector(fleet: LocalFleet) -> FleetConnector:
 
 @pytest.fixture
 def client(fleet: LocalFleet) -> Iterator[FleetClient]:
-    with FleetClient(fleet.address, timeout_s=10) as fleet_client:
+    with fleet.client(timeout_s=10) as fleet_client:
         yield fleet_client
 
 
@@ -197,7 +197,7 @@ async def test_propeller_reaches_the_connector_through_installed_services(
     fleet: LocalFleet, client: FleetClient, connector: FleetConnector
 ) -> None:
     server = grpc.aio.server()
-    names = install(server, fleet_address=fleet.address)
+    names = install(server, fleet_address=fleet.address, tls=fleet.client_tls)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -11,7 +11,6 @@ from fleet.v1 import types_pb2 as P
 from flyteidl.core.execution_pb2 import TaskExecution
 from flytekit.extend.backend.base_connector import ConnectorRegistry, Resource
 
-from fleet_client import FleetClient
 from flyte_plugin import FleetConnector
 from tests.flyte import workflows
 from tests.flyte.flyte_models import literals, template_of
@@ -53,7 +52,7 @@ def test_a_lost_dataplane_is_a_retryable_failure(tmp_path: Path) -> None:
             ended, 60, "the control plane to give the dataplane up", fleet, all_alive=False
         )
         assert TaskExecution.Phase.Name(resource.phase) == "RETRYABLE_FAILED", resource.message
-        with FleetClient(fleet.address) as client:
+        with fleet.client() as client:
             job = client.get(meta.job_id)
         assert job.phase == P.JOB_PHASE_FAILED
         assert job.attempts[-1].phase == P.ATTEMPT_PHASE_LOST

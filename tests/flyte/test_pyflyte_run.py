@@ -12,7 +12,6 @@ import pytest
 from fleet.v1 import types_pb2 as P
 
 from fleet_cli.local_fleet import LocalFleet
-from fleet_client import FleetClient
 from tests.flyte.harness import (
     CPU_POOL,
     REPO,
@@ -40,7 +39,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
 
 
 def pyflyte_run(*args: str) -> subprocess.Popen[str]:
-    # FLEET_ADDRESS, PATH and PYTHONPATH come from the fleet fixture's environment.
+    # FLEET_ADDRESS, FLEET_INSECURE, PATH and PYTHONPATH come from the fleet fixture's environment.
     return subprocess.Popen(
         [str(VENV_BIN / "pyflyte"), "run", *args],
         cwd=REPO,
@@ -75,7 +74,7 @@ def test_ctrl_c_in_pyflyte_run_cancels_the_running_job(fleet: LocalFleet, tmp_pa
         if run.poll() is None:
             run.kill()
             run.communicate()
-    with FleetClient(fleet.address) as client:
+    with fleet.client() as client:
         [job] = [j for j in client.iter_jobs() if j.spec.name == "tests.flyte.workflows.sleep_long"]
         assert client.get(job.id).phase == P.JOB_PHASE_CANCELLED
     wait_until(lambda: not Path(f"/proc/{task_pid}").exists(), 30, "the task to end", fleet)

@@ -18,7 +18,6 @@ from flyteidl.core import literals_pb2
 from flytekit import FlyteContextManager
 
 from fleet_cli.local_fleet import LocalFleet
-from fleet_client import FleetClient
 from tests.flyte import workflows
 from tests.flyte.harness import gpu_pool, pool_file, running_fleet
 
@@ -73,7 +72,7 @@ def test_an_eu_file_stays_in_the_eu_store(regions: TwoRegions) -> None:
 
     workflows.eu_file(seed=seed)
 
-    with FleetClient(regions.fleet.address) as client:
+    with regions.fleet.client() as client:
         [job] = [
             client.get(j.id)
             for j in client.iter_jobs()

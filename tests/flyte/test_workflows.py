@@ -50,7 +50,7 @@ def fleet(
 
 @pytest.fixture
 def client(fleet: LocalFleet) -> Iterator[FleetClient]:
-    with FleetClient(fleet.address, timeout_s=10) as fleet_client:
+    with fleet.client(timeout_s=10) as fleet_client:
         yield fleet_client
 
 

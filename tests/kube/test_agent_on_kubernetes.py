@@ -26,7 +26,7 @@ SPOT = {"eks.amazonaws.com/capacityType": "SPOT"}
 
 def fleet_cmd(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleet_cli", "--address", fleet.address, *args],
+        [sys.executable, "-m", "fleet_cli", "--address", fleet.address, "--insecure", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,44 +1,22 @@
 """How much any caller or agent may send: every limit of the control plane's API in one place.
 
-Checks against these numbers live in `validation.py`; README.md ("Limits") has the table
+Checks against these numbers live in `api/validation.py`; README.md ("Limits") has the table
 for users. Structural input over a limit is refused with INVALID_ARGUMENT naming the field
 (nothing is stored); free text an agent reports about its attempts (reason, message, a log
 error) is cut to its limit instead, so that an agent is never refused for what a task
 printed. Bytes are counted in UTF-8, characters as Python counts them (as Postgres does).
 
-| what | limit |
-|---|---|
-| any request | 16 MiB on the wire (`SERVER_OPTIONS` in server.py) |
-| names: project, domain, dataplane, pool, pin_dataplane | DNS label, at most 63 |
-| spec.name | 253 characters |
-| spec.image | 512 characters |
-| spec.command | 256 arguments, each at most 16 KiB, together at most 256 KiB |
-| spec.env | 256 entries; names `[A-Za-z_][A-Za-z0-9_]*` at most 256; values at most 32 KiB; together at most 256 KiB |
-| labels (jobs, hellos, pools) | 64; Kubernetes label keys and values |
-| spec.inputs | 4 MiB (literals travel, data stays) |
-| spec.service_account | DNS subdomain, at most 253 |
-| spec.retry_budget | 100 |
-| spec.timeout | 0 to 30 days |
-| resources | gpus 1024, min_gpu_memory_gb 65536, cpu_millis 1,024,000, memory_bytes 64 TiB, gpu_model 64 characters |
-| routing.origin_region, region, cloud | 64 characters |
-| client_key | 256 characters |
-| job and attempt ids | letters, digits, `.`, `_`, `-`; at most 64 |
-| cancel and cordon reasons | 1024 characters |
-| page_size | 1000 |
-| tail_bytes | 16 MiB |
-| hello | credential 1 KiB, agent_version 64 characters |
-| heartbeat | 256 pools, 10,000 attempts; pool GPUs 1,000,000, memory 65536 GB, price finite, 0 to 1,000,000 |
-| attempt status | outputs 4 MiB; reason cut to 64 characters, message to 4096 |
-| log chunk | data 64 KiB; error cut to 4096 characters |
-| policy document | 256 KiB, nested at most 64 deep; author 256 characters, comment 4096 |
-| status messages sent back | 4 KiB on the wire (longer ones are cut) |
-
-Strings stored or looked up must not hold NUL (Postgres refuses it in text).
+Counts and lengths are accepted at the limit and refused above it. Strings that are
+stored or looked up must not hold NUL (Postgres refuses it in text). Pure: wire.py (below
+the API in the layers) cuts with these numbers too.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+
+# A user's cancel reason and an operator's cordon reason: 1024 characters.
+from control_plane.domain.cordon import MAX_REASON as MAX_REASON
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -72,7 +50,6 @@ MAX_GPU_MEMORY_GB = 65536
 MAX_GPU_MODEL = 64
 MAX_CPU_MILLIS = 1_024_000         # 1024 cores
 MAX_MEMORY_BYTES = 64 * 1024 * 1024 * MIB   # 64 TiB
-MAX_REASON = 1024                  # a user's cancel reason, an operator's cordon reason
 
 # -- lists and logs -----------------------------------------------------------------------
 MAX_PAGE = 1000

@@ -43,6 +43,7 @@ from control_plane.api.replicas import ReplicaService
 from control_plane.clock import Clock, SystemClock
 from control_plane.domain.access import ALL_PROJECTS, Role
 from control_plane.domain.health import Timers
+from control_plane.domain.rate_limit import RateLimits
 from control_plane.registry import (
     AuditLog,
     Database,
@@ -146,7 +147,10 @@ async def start(
     replicas, leadership = ReplicaStore(database), Leadership(database)
     replica_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     keys, tokens, audit_log = KeyStore(database), JoinTokens(database), AuditLog(database)
-    access = Access(keys, tokens, audit_log, clock, enabled=settings.auth)
+    limits = None
+    if settings.rate_limit_per_s > 0:
+        limits = RateLimits(settings.rate_limit_per_s, max(1.0, 2 * settings.rate_limit_per_s))
+    access = Access(keys, tokens, audit_log, clock, enabled=settings.auth, limits=limits)
     relay = Relay(
         replicas, replica_id,
         credentials=self_credentials(settings), server_name=settings.tls_server_name,

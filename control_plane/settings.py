@@ -16,6 +16,8 @@ class ControlPlaneSettings:
     # API keys for callers and enrolled join tokens for agents. Off only on loopback (the
     # demo), where every caller is an admin and any agent may join.
     auth: bool = True
+    # Calls a second per API key (bursts of twice that); 0: no limit.
+    rate_limit_per_s: float = 100.0
     heartbeat_interval_s: float = 5.0
     # A dataplane silent this long gets no new placements.
     stale_after_s: float = 15.0

@@ -97,6 +97,15 @@ def control_plane(
             "join. Only on a loopback address (the demo).",
         ),
     ] = False,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Calls a second per API key, bursts of twice that (default 100; 0: none).",
+            show_default=False,
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         timedelta | None,
         typer.Option(
@@ -225,6 +234,7 @@ def control_plane(
         "lost_after_s": _seconds(lost_after),
         "port_file": str(port_file) if port_file else None,
         "advertise": advertise,
+        "rate_limit_per_s": rate_limit,
         "tls_cert": _path(tls_cert),
         "tls_key": _path(tls_key),
         "tls_client_ca": _path(tls_client_ca),

@@ -5,7 +5,9 @@ create/get/delete; each is one call to the control plane's JobService. The contr
 address comes from ``FLEET_ADDRESS`` (default 127.0.0.1:50051) unless the connector was given
 one (see flyte_plugin.connector_service.install); the channel is TLS checked against the
 system's roots, or against ``FLEET_TLS_CA`` (a PEM file), and plaintext only with
-``FLEET_INSECURE=1`` (fleet_client.TlsConfig.from_env), unless given its own TlsConfig.
+``FLEET_INSECURE=1`` (fleet_client.TlsConfig.from_env), unless given its own TlsConfig. It
+calls with the API key in ``FLEET_API_KEY`` (a submitter key of the projects it serves);
+the key never enters the resource meta Flyte stores, which holds ids only.
 """
 
 # flytekit and flyteidl ship no type information (no py.typed): their names are Any here.
@@ -52,11 +54,14 @@ class FleetMetadata(ResourceMeta):  # type: ignore[misc]  # flytekit's base is u
 class FleetConnector(AsyncConnectorBase):  # type: ignore[misc]  # flytekit's base is untyped
     name = CONNECTOR_NAME
 
-    def __init__(self, address: str | None = None, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, tls: TlsConfig | None = None, api_key: str | None = None
+    ) -> None:
         super().__init__(task_type_name=TASK_TYPE, metadata_type=FleetMetadata)
         self.address_override = address
         self.tls_override = tls
-        self._clients: dict[tuple[str, TlsConfig], FleetClient] = {}
+        self.api_key_override = api_key
+        self._clients: dict[tuple[str, TlsConfig, str], FleetClient] = {}
         self._lock = threading.Lock()
 
     @property
@@ -67,14 +72,20 @@ class FleetConnector(AsyncConnectorBase):  # type: ignore[misc]  # flytekit's ba
     def tls(self) -> TlsConfig:
         return self.tls_override or TlsConfig.from_env()
 
+    @property
+    def api_key(self) -> str:
+        if self.api_key_override is not None:
+            return self.api_key_override
+        return os.environ.get("FLEET_API_KEY", "")
+
     def _client(self) -> FleetClient:
-        # One channel per address, shared by the threads flytekit runs sync methods in.
-        key = (self.address, self.tls)
+        # One channel per address and key, shared by the threads flytekit runs sync methods in.
+        key = (self.address, self.tls, self.api_key)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 client = self._clients[key] = FleetClient(
-                    key[0], timeout_s=CALL_TIMEOUT_S, tls=key[1]
+                    key[0], timeout_s=CALL_TIMEOUT_S, tls=key[1], api_key=key[2]
                 )
             return client
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +27,7 @@ from control_plane.domain.access import (
     api_key_id,
     secret_matches,
 )
+from control_plane.domain.rate_limit import RateLimits
 from control_plane.domain.records import ApiKeyRecord
 from control_plane.registry import AuditLog, JoinTokens, KeyStore
 
@@ -50,8 +52,12 @@ class Access:
         clock: Clock,
         *,
         enabled: bool,
+        limits: RateLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
+        self._limits = limits
+        self._monotonic = monotonic
         self._keys = keys
         self._tokens = tokens
         self._audit = audit_log
@@ -85,7 +91,16 @@ class Access:
                 context, grpc.StatusCode.UNAUTHENTICATED,
                 f"API key {record.name!r} ({record.id}) was revoked",
             )
-        return Principal(record.id, record.name, Role(record.role), frozenset(record.projects))
+        caller = Principal(record.id, record.name, Role(record.role), frozenset(record.projects))
+        limits = self._limits
+        if (limits is not None and caller.role is not Role.REPLICA
+                and not limits.allow(caller.key_id, self._monotonic())):
+            await refuse(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"API key {caller.name!r} ({caller.key_id}): more than {limits.rate:g} calls "
+                "a second; slow down and retry",
+            )
+        return caller
 
     async def join_problem(
         self, dataplane: str, presented: str, region: str, cloud: str

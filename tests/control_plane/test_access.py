@@ -53,12 +53,12 @@ class Caller:
 
 
 @asynccontextmanager
-async def secured(database_url: str) -> AsyncIterator[
+async def secured(database_url: str, **overrides: Any) -> AsyncIterator[
     tuple[RunningControlPlane, Callable[[str], Caller], str]
 ]:
     """A control plane with auth on, a way to call it with a key, and a bootstrap admin key
     made in the database (as `fleet keys create --db` does before the first start)."""
-    async with control_plane(database_url, auth=True) as (cp, clock):
+    async with control_plane(database_url, auth=True, **overrides) as (cp, clock):
         database = Database(database_url)
         try:
             _, admin_key = await KeyStore(database).create(

@@ -14,7 +14,13 @@ from control_plane.api.access import Access
 from control_plane.api.admin_keys import KeysAdmin
 from control_plane.api.agents import REVOKED
 from control_plane.api.errors import Context, refuse
-from control_plane.api.validation import check, duration_problem, name_problem, text_problem
+from control_plane.api.validation import (
+    check,
+    duration_problem,
+    enroll_problems,
+    name_problem,
+    text_problem,
+)
 from control_plane.clock import Clock
 from control_plane.domain.access import Action
 from control_plane.domain.health import Timers
@@ -64,6 +70,7 @@ class AdminService(KeysAdmin, admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.EnrollDataplaneRequest, context: Context
     ) -> admin_pb2.JoinTokenResponse:
         caller = await self._access.require(context, Action.ADMIN)
+        await check(context, enroll_problems(request))
         problem = name_problem("name", request.name)
         for field, value in (("region", request.region), ("cloud", request.cloud)):
             if problem is None and not 0 < len(value) <= MAX_TEXT:

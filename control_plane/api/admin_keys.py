@@ -9,7 +9,13 @@ from fleet.v1 import admin_pb2
 
 from control_plane.api.access import Access
 from control_plane.api.errors import Context, refuse
-from control_plane.api.validation import name_problem
+from control_plane.api.validation import (
+    api_key_problems,
+    audit_problems,
+    check,
+    id_problem,
+    name_problem,
+)
 from control_plane.clock import Clock
 from control_plane.domain.access import ALL_PROJECTS, Action, Role
 from control_plane.domain.records import ApiKeyRecord
@@ -32,6 +38,7 @@ class KeysAdmin:
         self, request: admin_pb2.CreateApiKeyRequest, context: Context
     ) -> admin_pb2.CreateApiKeyResponse:
         caller = await self._access.require(context, Action.ADMIN)
+        await check(context, api_key_problems(request))
         problem = key_problem(request.name, request.role, list(request.projects))
         if problem is not None:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -56,6 +63,7 @@ class KeysAdmin:
         self, request: admin_pb2.RevokeApiKeyRequest, context: Context
     ) -> admin_pb2.ApiKey:
         caller = await self._access.require(context, Action.ADMIN)
+        await check(context, [id_problem("id", request.id)])
         record = await self._keys.revoke(request.id, self._clock.now())
         if record is None:
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"id: no API key {request.id!r}")
@@ -67,6 +75,7 @@ class KeysAdmin:
         self, request: admin_pb2.ListAuditEventsRequest, context: Context
     ) -> admin_pb2.ListAuditEventsResponse:
         await self._access.require(context, Action.ADMIN)
+        await check(context, audit_problems(request))
         if request.limit > MAX_AUDIT_PAGE:
             await refuse(
                 context, grpc.StatusCode.INVALID_ARGUMENT,

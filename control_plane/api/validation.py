@@ -482,5 +482,31 @@ def deliver_problems(request: replica_pb2.DeliverRequest) -> list[str | None]:
     ]
 
 
+def enroll_problems(request: admin_pb2.EnrollDataplaneRequest) -> list[str | None]:
+    return [
+        text_problem("region", request.region, MAX_REGION),
+        text_problem("cloud", request.cloud, MAX_REGION),
+        *label_problems("labels", request.labels),
+    ]
+
+
+def api_key_problems(request: admin_pb2.CreateApiKeyRequest) -> list[str | None]:
+    """Bounds around the key rules of api/admin_keys.py (which name the rest)."""
+    return [
+        text_problem("name", request.name, MAX_AUTHOR),
+        text_problem("role", request.role, MAX_NAME),
+        count_problem("projects", request.projects, MAX_LABELS),
+    ]
+
+
+def audit_problems(request: admin_pb2.ListAuditEventsRequest) -> list[str | None]:
+    return [
+        text_problem("actor", request.actor, MAX_AUTHOR),
+        text_problem("action", request.action, MAX_AUTHOR),
+        text_problem("target", request.target, MAX_AUTHOR),
+        timestamp_problem("since", request.since) if request.HasField("since") else None,
+    ]
+
+
 def joined(problems: Iterable[str | None]) -> str:
     return "; ".join(p for p in problems if p)

@@ -48,7 +48,7 @@ from tests.control_plane.harness import FakeAgent, control_plane, gpu_pool, job_
 T = TypeVar("T")
 P = types_pb2
 # FUZZ_EXAMPLES=500 for a deeper run than the suite's.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 CALL_TIMEOUT_S = 10.0
 GET_EACH = 25
 STREAM_TIMEOUT_S = 0.3    # Watch and Logs of live jobs wait; we cut them
@@ -200,9 +200,25 @@ def _value(fd: D.FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     return _scalar(fd)
 
 
+MANY_BYTES = 20 * 1024 * 1024   # past the server's 16 MiB, and no more (memory)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, Message):
+        return value.ByteSize()
+    return len(value) if isinstance(value, str | bytes) else 8
+
+
+def _many(value: T, count: int) -> int:
+    """How many copies of value to send: count, unless they would be more than MANY_BYTES."""
+    return max(1, min(count, MANY_BYTES // max(1, _size(value))))
+
+
 def _repeated(element: st.SearchStrategy[T]) -> st.SearchStrategy[list[T]]:
     """Short lists, and now and then one element many times (past count limits)."""
-    many = st.tuples(element, st.sampled_from([65, 257, 10_001])).map(lambda e: [e[0]] * e[1])
+    many = st.tuples(element, st.sampled_from([65, 257, 10_001])).map(
+        lambda pair: [pair[0]] * _many(pair[0], pair[1])
+    )
     return st.lists(element, max_size=4) | many
 
 
@@ -216,7 +232,7 @@ def messages(descriptor: D.Descriptor, depth: int = 0) -> st.SearchStrategy[Mess
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             key = _scalar(fd.message_type.fields_by_name["key"])
             value = _value(fd.message_type.fields_by_name["value"], depth)
-            many = st.builds(lambda v: {f"k{i}": v for i in range(300)}, value)
+            many = st.builds(lambda v: {f"k{i}": v for i in range(_many(v, 300))}, value)
             if fd.message_type.fields_by_name["key"].type != D.FieldDescriptor.TYPE_STRING:
                 many = st.just({})
             parts[fd.name] = st.dictionaries(key, value, max_size=4) | many

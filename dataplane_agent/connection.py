@@ -44,6 +44,7 @@ from dataplane_agent.settings import AgentSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_S = 5.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 WELCOME_TIMEOUT_S = 30.0
 STABLE_SESSION_S = 30.0     # a session this long resets the reconnect backoff
 LOG_CHUNK_BYTES = 64 * 1024
@@ -77,6 +78,10 @@ def create_channel(target: str, settings: AgentSettings) -> grpc.aio.Channel:
         ("grpc.keepalive_timeout_ms", max(1000, keepalive_ms // 2)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # A launch carries up to 4 MiB of inputs and a heartbeat the outputs of the
+        # attempts it reports: the control plane accepts 16 MiB (gRPC's default is 4).
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     if settings.insecure:
         return grpc.aio.insecure_channel(target, options=options)

@@ -88,12 +88,18 @@ def env_flag(environ: Mapping[str, str], name: str) -> bool:
 
 
 DEFAULT_TLS = TlsConfig()   # TLS, the system's trusted roots
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024   # as the control plane accepts
 PLAINTEXT = TlsConfig(insecure=True)
 
 
 def _open_channel(address: str, tls: TlsConfig) -> grpc.Channel:
     """The one place a channel is made: TLS by default, plaintext only when asked."""
-    options: list[tuple[str, str]] = [("grpc.primary_user_agent", _USER_AGENT)]
+    options: list[tuple[str, str | int]] = [
+        ("grpc.primary_user_agent", _USER_AGENT),
+        # A job's inputs and outputs may be 4 MiB each: gRPC's default limit is 4 MiB.
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
     if tls.insecure:
         return grpc.insecure_channel(address, options=options)
     if tls.server_name:

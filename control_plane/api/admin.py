@@ -24,14 +24,12 @@ from control_plane.api.validation import (
 from control_plane.clock import Clock
 from control_plane.domain.access import Action
 from control_plane.domain.health import Timers
-from control_plane.domain.limits import MAX_DRAIN_DEADLINE, MAX_REASON
+from control_plane.domain.limits import MAX_DRAIN_DEADLINE, MAX_REASON, MAX_REGION
 from control_plane.domain.records import DataplaneRecord
 from control_plane.registry import AuditLog, DataplaneStore, JoinTokens, KeyStore
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.wire import dataplane_to_proto
-
-MAX_TEXT = 64
 
 
 class AdminService(KeysAdmin, admin_pb2_grpc.AdminServiceServicer):
@@ -73,8 +71,8 @@ class AdminService(KeysAdmin, admin_pb2_grpc.AdminServiceServicer):
         await check(context, enroll_problems(request))
         problem = name_problem("name", request.name)
         for field, value in (("region", request.region), ("cloud", request.cloud)):
-            if problem is None and not 0 < len(value) <= MAX_TEXT:
-                problem = f"{field}: required, at most {MAX_TEXT} characters"
+            if problem is None and not 0 < len(value) <= MAX_REGION:
+                problem = f"{field}: required, at most {MAX_REGION} characters"
         if problem is not None:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         token = await self._tokens.enroll(

@@ -23,7 +23,7 @@ from control_plane.registry import AuditLog, KeyStore
 from control_plane.wire import from_timestamp, timestamp
 
 MAX_AUDIT_PAGE = 1000
-KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 GRANTABLE = (Role.VIEWER, Role.SUBMITTER, Role.ADMIN)
 
 
@@ -97,7 +97,7 @@ class KeysAdmin:
 
 def key_problem(name: str, role: str, projects: list[str]) -> str | None:
     """Why these cannot make a key (the field and the reason), or None."""
-    if not KEY_NAME.match(name):
+    if not KEY_NAME.fullmatch(name):
         return (f"name: {name!r} is not a key name (letters, digits, '.', '_', '@', '-', "
                 "at most 128)")
     if role not in {r.value for r in GRANTABLE}:

@@ -45,15 +45,42 @@ class ErrorTranslation(grpc.aio.ServerInterceptor):
         return _translated(handler, handler_call_details.method)
 
 
+class Undecodable:
+    """What a unary request that is not its message decodes to (see _tolerant)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises (grpc.aio would answer UNKNOWN): bytes that are not
+    the message become Undecodable, which the guard refuses with INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # protobuf's DecodeError, and whatever a codec raises
+            return Undecodable(str(error) or type(error).__name__)
+
+    return deserialize
+
+
 def _translated(handler: Handler, method: str) -> Handler:
     common: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+    unary_request = {**common, "request_deserializer": _tolerant(handler.request_deserializer)}
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(_guard(handler.unary_unary, method), **common)
+        return grpc.unary_unary_rpc_method_handler(
+            _guard(handler.unary_unary, method), **unary_request
+        )
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(_guard(handler.unary_stream, method), **common)
+        return grpc.unary_stream_rpc_method_handler(
+            _guard(handler.unary_stream, method), **unary_request
+        )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(_guard(handler.stream_unary, method), **common)
     if handler.stream_stream is not None:
@@ -71,9 +98,15 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
         log.warning("%s: %s", method, error)
         await refuse(context, grpc.StatusCode.UNAVAILABLE, f"{error}; retry later")
 
+    async def undecodable(context: Context, request: Undecodable) -> NoReturn:
+        await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                     f"request: not a {method} request message ({request.reason})")
+
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await undecodable(context, request)
             try:
                 async for response in behavior(request, context):
                     yield response
@@ -86,6 +119,8 @@ def _guard(behavior: Behavior, method: str) -> Behavior:
         return behavior  # a synchronous handler: none of ours
 
     async def call(request: Any, context: Context) -> Any:
+        if isinstance(request, Undecodable):
+            await undecodable(context, request)
         try:
             return await behavior(request, context)
         except DatabaseUnavailable as error:

@@ -46,11 +46,13 @@ from control_plane.domain.limits import (
     MAX_LABEL_NAME,
     MAX_LABEL_VALUE,
     MAX_LABELS,
+    MAX_LIST_PHASES,
     MAX_LOG_CHUNK_BYTES,
     MAX_LOG_TAIL,
     MAX_MEMORY_BYTES,
     MAX_NAME,
     MAX_OUTPUTS_BYTES,
+    MAX_PAGE_TOKEN,
     MAX_POLICY_BYTES,
     MAX_POLICY_DEPTH,
     MAX_POLICY_VERSION,
@@ -77,17 +79,14 @@ DEFAULT_RETRY_BUDGET = 2
 # The proto's own range of a Duration (about 10,000 years).
 MAX_DURATION_S = 315_576_000_000
 NANOS = 1_000_000_000
-MAX_LIST_PHASES = 16
-MAX_PAGE_TOKEN = 256
 
 Problems = Sequence[str | None]
 
 
-async def check(context: Context, problems: Problems, prefix: str = "") -> None:
+async def check(context: Context, problems: Problems) -> None:
     """Refuse the call with INVALID_ARGUMENT naming every problem, if there is one."""
-    found = [p for p in problems if p]
-    if found:
-        await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, prefix + "; ".join(found))
+    if any(problems):
+        await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, joined(problems))
 
 
 def shown(value: str, limit: int = 40) -> str:

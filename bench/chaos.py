@@ -2,8 +2,13 @@
 lost, and nothing may run twice.
 
     .venv/bin/python bench/chaos.py                      # 60 s, 20 kills, 4 agents, 1 CP
-    .venv/bin/python bench/chaos.py --seconds 30 --kills 5 --agents 3 --rate 5 --seed 7
-    .venv/bin/python bench/chaos.py --kills 100 --seconds 900 --record   # into RESULTS.md
+    .venv/bin/python bench/chaos.py --seconds 30 --kills 5 --agents 3 --rate 5 --seed 23 \
+        --gap 0.5 2 --stale-after 5 --lost-after 20     # tests/e2e/test_chaos.py
+    .venv/bin/python bench/chaos.py --kills 100 --seconds 900 --seed 100 --record
+
+The default lost_after (6 s) is shorter than an agent's reconnect backoff can grow (10 s):
+a short outage may then get a healthy dataplane declared lost and its jobs run twice, which
+the run reports. --lost-after 20 keeps every dataplane under its lost timer.
 
 It starts a throwaway Postgres with durability on, N control planes on it and M agents
 with the process launcher (all `fleet` subprocesses on 127.0.0.1), submits jobs at a steady
@@ -21,6 +26,7 @@ Exit 0 when the checks pass, 1 when they fail, 2 on bad arguments. The run's fol
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import random
@@ -230,11 +236,13 @@ class Harness:
         binaries = find_server_binaries()
         if binaries is None:
             raise HarnessError(MISSING_BINARIES)
-        self.pg = DurablePostgres.start(binaries)
-        database = self.pg.create_database("chaos")
-        self.conninfo = self.pg.conninfo(database)
-        url = self.pg.url(database)
-        self.note(f"postgres on port {self.pg.port} (fsync on, synchronous_commit on)")
+        server = DurablePostgres.start(binaries)
+        assert isinstance(server, DurablePostgres)   # start() is typed with the base class
+        self.pg = server
+        database = server.create_database("chaos")
+        self.conninfo = server.conninfo(database)
+        url = server.url(database)
+        self.note(f"postgres on port {server.port} (fsync on, synchronous_commit on)")
         self.control_planes = [
             control_plane_part(i, self.root, url, self.timers, self.env)
             for i in range(self.args.control_planes)
@@ -242,7 +250,7 @@ class Harness:
         for part in self.control_planes:   # the first migrates; the others wait for it
             part.start()
             address = control_plane_address(part)
-            if not self.wait_for(lambda a=address: self.answers(a), READY_TIMEOUT_S):
+            if not self.wait_for(functools.partial(self.answers, address), READY_TIMEOUT_S):
                 raise HarnessError(f"{part.name} did not answer on {address}:\n{part.log_tail()}")
             self.note(f"{part.name} up on {address}")
         addresses = [control_plane_address(p) for p in self.control_planes]

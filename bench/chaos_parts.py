@@ -183,6 +183,7 @@ def control_plane_part(
         "--lost-after", str(timers.lost_after_s),
         *([] if index == 0 else ["--no-migrate"]),
         "--insecure",   # plaintext, on 127.0.0.1
+        "--no-auth",    # no API keys or join tokens: access is not what chaos tests
     ]
     return Part(f"cp{index + 1}", "control-plane", args, root / f"cp{index + 1}.log", env, root)
 

@@ -255,7 +255,7 @@ class Scheduler:
         ]
         if not lost:
             return 0
-        changed = await self._dataplanes.expire(lost, now)
+        changed = await self._dataplanes.expire(lost, now, now - self._timers.lost_after)
         if changed:
             log.warning("dataplanes %s lost: %d jobs requeued or failed", lost, len(changed))
             self._hub.notify_jobs(changed)

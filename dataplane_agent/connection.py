@@ -140,6 +140,10 @@ class Connection:
                     problem = f"{error.code().name}: {error.details()}"
                 except (SessionEndedError, OSError, grpc.aio.UsageError) as error:
                     problem = str(error)
+                except asyncio.InvalidStateError as error:
+                    # A write raced the end of the call ("RPC already finished"): a session
+                    # that ended, like any other (the chaos harness found it crashing).
+                    problem = str(error) or "the stream ended while writing"
                 _stop_if_cancelled()
                 delay = self._next_delay(backoff)
                 failed = self._targets[self._target]

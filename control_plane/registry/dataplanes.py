@@ -76,7 +76,9 @@ class DataplaneStore:
     ) -> ReportOutcome:
         """One transaction per report: pools, liveness, and the reconciled attempts."""
         async with self._db.write() as session:
-            dp = await session.get(DataplaneRow, dataplane)
+            # Locked first: the lost timer (expire) takes the same lock, so a report and the
+            # timer never act on the same attempts at once.
+            dp = await session.get(DataplaneRow, dataplane, with_for_update=True)
             if dp is None:
                 raise LookupError(f"dataplane {dataplane} is not registered")
             dp.last_heartbeat_at = now
@@ -115,17 +117,36 @@ class DataplaneStore:
                     outcome.launches.append((attempt_record(row), dict(job.spec)))
         return outcome
 
-    async def expire(self, dataplanes: Sequence[str], now: datetime) -> list[str]:
-        """Declare the live attempts on lost dataplanes LOST; returns the jobs that changed."""
+    async def expire(
+        self, dataplanes: Sequence[str], now: datetime, heard_before: datetime
+    ) -> list[str]:
+        """Declare the live attempts on lost dataplanes LOST; returns the jobs that changed.
+
+        The dataplane rows are locked first, as apply_report locks them, and a dataplane
+        heard from since `heard_before` is left alone: a heartbeat that raced the lost
+        timer wins, and a result it reported is never overwritten by LOST (nor the reverse).
+        """
         changed: list[str] = []
         if not dataplanes:
             return changed
         async with self._db.write() as session:
+            silent = [
+                row.name
+                for row in await session.scalars(
+                    sa.select(DataplaneRow)
+                    .where(DataplaneRow.name.in_(list(dataplanes)))
+                    .order_by(DataplaneRow.name)
+                    .with_for_update()
+                )
+                if row.last_heartbeat_at is None or row.last_heartbeat_at < heard_before
+            ]
             rows = await session.scalars(
-                sa.select(AttemptRow).where(
-                    AttemptRow.dataplane.in_(dataplanes),
+                sa.select(AttemptRow)
+                .where(
+                    AttemptRow.dataplane.in_(silent),
                     AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
                 )
+                .with_for_update()
             )
             for row in list(rows):
                 change = AttemptChange(

@@ -120,6 +120,8 @@ async def apply_attempt_change(
     Returns whether the job changed. A fenced attempt (not the job's current one) is
     recorded for the history but never moves the job.
     """
+    if AttemptPhase(attempt.phase).final:
+        return False   # an ended attempt never changes again (whatever raced to report it)
     if change.phase is AttemptPhase.CANCELLED and attempt.preempt_reason is not None:
         # Stopped by the control plane to take the capacity away: a free retry elsewhere.
         change = replace(

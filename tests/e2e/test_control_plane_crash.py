@@ -85,6 +85,6 @@ def test_a_killed_control_plane_loses_no_acknowledged_job_and_runs_none_twice(
 
 def _connected(client: FleetClient) -> int:
     try:
-        return len([d for d in client.list_dataplanes() if d.connected])
+        return len([d for d in client.list_dataplanes() if d.connected and d.pools])
     except FleetError:
         return 0

@@ -61,7 +61,7 @@ def test_agent_killed_and_restarted_reattaches_and_every_job_ends_once(
         fleet.add_agent("west", pools("west", "us-west-2", "on_demand"))
         with fleet.client(timeout_s=10) as client:
             wait_until(
-                lambda: len([d for d in _dataplanes(client) if d.connected]) == 2,
+                lambda: len([d for d in _dataplanes(client) if d.connected and d.pools]) == 2,
                 60,
                 "both agents to connect",
                 fleet,

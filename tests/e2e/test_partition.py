@@ -125,8 +125,9 @@ def _answers(client: FleetClient) -> bool:
 
 def _healthy(client: FleetClient) -> set[str]:
     try:
+        # Connected, and its pools reported (the first heartbeat follows the hello).
         return {d.name for d in client.list_dataplanes()
-                if d.connected and d.health == P.DATAPLANE_HEALTH_HEALTHY}
+                if d.connected and d.health == P.DATAPLANE_HEALTH_HEALTHY and d.pools}
     except Exception:
         return set()  # the control plane is still starting
 

@@ -92,6 +92,6 @@ def test_the_other_replica_takes_over_when_the_leader_is_killed(
 
 def _connected(client: FleetClient) -> int:
     try:
-        return len([d for d in client.list_dataplanes() if d.connected])
+        return len([d for d in client.list_dataplanes() if d.connected and d.pools])
     except FleetError:
         return 0

@@ -12,7 +12,7 @@ from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, NewJob
 from control_plane.registry.database import Database
 from control_plane.registry.rows import add_event, attempt_record, event_record, job_record
-from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow
+from control_plane.registry.tables import AttemptRow, DataplaneRow, JobEventRow, JobRow
 
 LIVE_ATTEMPT_PHASES = [p.value for p in AttemptPhase if not p.final]
 LIVE_JOB_PHASES = [p.value for p in JobPhase if not p.final]
@@ -109,6 +109,15 @@ class JobStore:
         Cancelling an ended job changes nothing (and returns it as it is).
         """
         async with self._db.write() as session:
+            # Lock order as in a report (dataplane, then attempts and job), so that a cancel
+            # and an agent's report of the same attempt never deadlock on Postgres.
+            placed_on = await session.scalars(
+                sa.select(AttemptRow.dataplane).where(
+                    AttemptRow.job_id == job_id, AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES)
+                )
+            )
+            for dataplane in sorted(set(placed_on)):
+                await session.get(DataplaneRow, dataplane, with_for_update=True)
             job = await session.get(JobRow, job_id, with_for_update=True)
             if job is None:
                 return None, []

@@ -25,7 +25,7 @@ from control_plane.api.validation import (
     watch_problems,
 )
 from control_plane.clock import Clock
-from control_plane.domain.access import Action
+from control_plane.domain.access import Action, Principal
 from control_plane.domain.limits import MAX_PAGE
 from control_plane.domain.phases import JobPhase
 from control_plane.domain.placement import never_fits
@@ -148,8 +148,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
 
     async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: Context) -> types_pb2.Job:
         await check(context, cancel_problems(request))
-        target = await self._job(request.job_id, context, Action.CANCEL)
         caller = await self._access.caller(context)
+        target = await self._job(request.job_id, context, Action.CANCEL, caller)
         job, live = await self._jobs.cancel(request.job_id, request.reason, self._clock.now())
         if job is None:
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
@@ -237,10 +237,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         finally:
             self._hub.end_log_request(request_id)
 
-    async def _job(self, job_id: str, context: Context, action: Action) -> JobRecord:
+    async def _job(
+        self, job_id: str, context: Context, action: Action, caller: Principal | None = None
+    ) -> JobRecord:
         """The job, if the caller may act on it; a job of a project the caller's key does
-        not cover answers NOT_FOUND, like a missing one (its existence is not for them)."""
-        caller = await self._access.caller(context)
+        not cover answers NOT_FOUND, like a missing one (its existence is not for them).
+        A caller already authenticated is passed in: a call is counted once per key."""
+        caller = caller or await self._access.caller(context)
         if not job_id:
             await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
         job = await self._jobs.get(job_id)

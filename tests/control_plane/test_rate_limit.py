@@ -12,15 +12,16 @@ from fleet.v1 import jobs_pb2
 from control_plane.domain.access import Role
 from control_plane.domain.rate_limit import RateLimits
 from control_plane.registry import Database, KeyStore
-from tests.control_plane.test_access import refused, secured
+from tests.control_plane.harness import FakeAgent, P, gpu_pool
+from tests.control_plane.test_access import enroll, refused, secured
 
 
-async def key_in_database(url: str, name: str) -> str:
-    """A viewer key made in the database: the admin's own calls would spend its bucket."""
+async def key_in_database(url: str, name: str, role: Role = Role.VIEWER) -> str:
+    """A key made in the database: the admin's own calls would spend its bucket."""
     database = Database(url)
     try:
         _, key = await KeyStore(database).create(
-            name, Role.VIEWER, ["vision"], "test", datetime.now(UTC))
+            name, role, ["vision"], "test", datetime.now(UTC))
     finally:
         await database.close()
     return key
@@ -56,3 +57,22 @@ async def test_a_key_over_its_rate_is_told_to_slow_down(sqlite_url: str) -> None
         await calm.call(calm.jobs.List, jobs_pb2.ListJobsRequest())   # others are not slowed
         await asyncio.sleep(2.1)
         await busy.call(busy.jobs.List, jobs_pb2.ListJobsRequest())   # refilled
+
+
+async def test_a_call_is_counted_once(sqlite_url: str) -> None:
+    """Cancel authenticates once: with bursts of one call, a key's first cancel goes
+    through (it looked up the job and then cancelled it under the same count)."""
+    async with secured(sqlite_url, rate_limit_per_s=0.5) as (cp, caller, _admin):
+        enroller = caller(await key_in_database(sqlite_url, "enroller", Role.ADMIN))
+        submitter = caller(await key_in_database(sqlite_url, "submitter", Role.SUBMITTER))
+        canceller = caller(await key_in_database(sqlite_url, "canceller", Role.SUBMITTER))
+        token = await enroll(enroller, "onprem")
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100")], token=token)
+        await agent.connect()
+        await agent.heartbeat()
+        await asyncio.sleep(0.3)
+        job = await submitter.submit("vision")
+        cancelled = await canceller.call(canceller.jobs.Cancel, jobs_pb2.CancelJobRequest(
+            job_id=job.id))
+        assert cancelled.phase == P.JOB_PHASE_CANCELLED
+        await agent.close()

@@ -55,7 +55,7 @@ from chaos_check import Verdict, check, dump_tables, unfinished  # noqa: E402
 from chaos_load import PROJECT, LoadGenerator  # noqa: E402
 from chaos_monitor import ProgressMonitor  # noqa: E402
 from chaos_parts import (  # noqa: E402
-    DurablePostgres,
+    ChaosPostgres,
     Part,
     Timers,
     agent_part,
@@ -185,7 +185,7 @@ class Harness:
         self.rng = random.Random(args.seed)
         self.timers = Timers(args.heartbeat, args.stale_after, args.lost_after)
         self.env = fleet_env(secrets.token_hex(16))
-        self.pg: DurablePostgres | None = None
+        self.pg: ChaosPostgres | None = None
         self.conninfo = ""
         self.control_planes: list[Part] = []
         self.agents: list[Part] = []
@@ -237,8 +237,8 @@ class Harness:
         binaries = find_server_binaries()
         if binaries is None:
             raise HarnessError(MISSING_BINARIES)
-        server = DurablePostgres.start(binaries)
-        assert isinstance(server, DurablePostgres)   # start() is typed with the base class
+        server = ChaosPostgres.start(binaries)
+        assert isinstance(server, ChaosPostgres)   # start() is typed with the base class
         self.pg = server
         database = server.create_database("chaos")
         self.conninfo = server.conninfo(database)

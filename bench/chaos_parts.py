@@ -20,35 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from tests.pg_server import HOST, PostgresServer
+from tests.pg_server import DurablePostgres
 from tests.ports import free_port
 
 STOP_TIMEOUT_S = 5.0
-PG_START_ATTEMPTS = 3
 
-# The opposite of the tests' speed settings: what production runs with.
-DURABLE_SETTINGS = {
-    "fsync": "on",
-    "synchronous_commit": "on",
-    "full_page_writes": "on",
-    "max_connections": "200",
-    "log_line_prefix": "%m [%p] ",
-}
-
-
-class DurablePostgres(PostgresServer):
-    """A throwaway server with durability on, which can be crashed and started again."""
-
-    def _write_settings(self) -> None:
-        settings = {
-            "listen_addresses": HOST,
-            "port": str(self.port),
-            "unix_socket_directories": str(self.base_dir),
-            "timezone": "UTC",
-            **DURABLE_SETTINGS,
-        }
-        lines = [f"{key} = '{value}'\n" for key, value in settings.items()]
-        (self.data_dir / "postgresql.auto.conf").write_text("".join(lines))
+class ChaosPostgres(DurablePostgres):
+    """A durable throwaway server that can also be crashed (kill -9 of every process)."""
 
     def postmaster_pid(self) -> int | None:
         try:
@@ -67,23 +45,6 @@ class DurablePostgres(PostgresServer):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _wait_gone(victims, 10.0)
-
-    def immediate_stop(self) -> None:
-        """pg_ctl stop -m immediate: every server process quits at once without a
-        checkpoint; the next start runs crash recovery."""
-        self._run([str(self.binaries.pg_ctl), "stop", "--wait", "--mode=immediate",
-                   "--pgdata", str(self.data_dir)], check=False)
-
-    def restart(self) -> None:
-        for attempt in range(1, PG_START_ATTEMPTS + 1):
-            try:
-                self._run([str(self.binaries.pg_ctl), "start", "--wait", "--timeout=60",
-                           "--pgdata", str(self.data_dir), "--log", str(self.log_file)])
-                return
-            except RuntimeError:
-                if attempt == PG_START_ATTEMPTS:
-                    raise
-                time.sleep(1.0)
 
     def is_up(self) -> bool:
         pid = self.postmaster_pid()

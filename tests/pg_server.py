@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg
 import pytest
@@ -46,6 +47,14 @@ SPEED_SETTINGS = {
     "full_page_writes": "off",
     "wal_level": "minimal",
     "max_wal_senders": "0",
+}
+# The opposite, what production runs with.
+DURABLE_SETTINGS = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "max_connections": "200",
+    "log_line_prefix": "%m [%p] ",
 }
 
 
@@ -108,6 +117,7 @@ def unique_database_name(hint: str) -> str:
 class PostgresServer:
     """A running server; `start` makes one, `stop` deletes it with all its data."""
 
+    SETTINGS: ClassVar[dict[str, str]] = SPEED_SETTINGS
     binaries: ServerBinaries
     base_dir: Path
     port: int
@@ -158,6 +168,24 @@ class PostgresServer:
                        "--pgdata", str(self.data_dir)], check=False)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
+    def immediate_stop(self) -> None:
+        """pg_ctl stop -m immediate: every server process quits at once, without a
+        checkpoint, and clients are cut off; the next start recovers from the WAL."""
+        self._run([str(self.binaries.pg_ctl), "stop", "--wait", "--mode=immediate",
+                   "--pgdata", str(self.data_dir)], check=False)
+
+    def restart(self) -> None:
+        """Start again on the same data folder and port."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._run([str(self.binaries.pg_ctl), "start", "--wait", "--timeout=60",
+                           "--pgdata", str(self.data_dir), "--log", str(self.log_file)])
+                return
+            except RuntimeError:
+                if attempt == START_ATTEMPTS:
+                    raise
+                time.sleep(1.0)
+
     def conninfo(self, database: str = "postgres") -> str:
         """A libpq connection string, for psycopg."""
         return make_conninfo(host=HOST, port=self.port, user=SUPERUSER, dbname=database,
@@ -190,7 +218,7 @@ class PostgresServer:
             "port": str(self.port),
             "unix_socket_directories": str(self.base_dir),
             "timezone": "UTC",
-            **SPEED_SETTINGS,
+            **self.SETTINGS,
         }
         lines = [f"{key} = '{value}'\n" for key, value in settings.items()]
         (self.data_dir / "postgresql.auto.conf").write_text("".join(lines))
@@ -232,3 +260,10 @@ def _make_base_dir() -> Path:
     base_dir = Path(tempfile.mkdtemp(prefix="fleet-pg-", dir=parent))
     os.chown(base_dir, user.pw_uid, user.pw_gid)
     return base_dir
+
+
+class DurablePostgres(PostgresServer):
+    """A throwaway server with durability on, for tests and benchmarks about what survives
+    a crash: an acknowledged commit must."""
+
+    SETTINGS = DURABLE_SETTINGS

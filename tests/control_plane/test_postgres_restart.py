@@ -30,7 +30,7 @@ from tests.control_plane.harness import (
     submit,
     wait_for_phase,
 )
-from tests.pg_server import PostgresServer, require_server_binaries
+from tests.pg_server import DurablePostgres, PostgresServer, require_server_binaries
 
 P = types_pb2
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
@@ -39,12 +39,8 @@ PROMPT_S = 5.0   # a refused call answers at once, it does not hang until a time
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer.start(require_server_binaries())
+    server = DurablePostgres.start(require_server_binaries())
     try:
-        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-            for name, value in DURABLE.items():
-                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-            conn.execute("SELECT pg_reload_conf()")
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
             for name, value in DURABLE.items():
                 shown = conn.execute(f"SHOW {name}").fetchone()
@@ -56,14 +52,12 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 def stop_postgres(server: PostgresServer) -> None:
     """A crash as far as the data is concerned: no shutdown checkpoint, clients cut off."""
-    server._run([str(server.binaries.pg_ctl), "stop", "--wait", "--mode=immediate",
-                 "--pgdata", str(server.data_dir)])
+    server.immediate_stop()
 
 
 def start_postgres(server: PostgresServer) -> None:
     """The same data folder and port: the server recovers from its WAL."""
-    server._run([str(server.binaries.pg_ctl), "start", "--wait", "--timeout=60",
-                 "--pgdata", str(server.data_dir), "--log", str(server.log_file)])
+    server.restart()
 
 
 def summary(job: types_pb2.Job) -> tuple[object, ...]:

@@ -126,13 +126,6 @@ class Access:
                     f"{enrolled.region} ({enrolled.cloud}), not {region} ({cloud})")
         return None
 
-    async def revoked(self, dataplane: str) -> bool:
-        """Whether a connected dataplane's token was revoked since (checked on heartbeats)."""
-        if not self.enabled:
-            return False
-        enrolled = await self._tokens.enrolled(dataplane)
-        return enrolled is None or enrolled.revoked
-
     async def audit(self, actor: Principal, action: str, target: str, detail: str = "") -> None:
         await self._audit.record(actor, action, target, detail, self._clock.now())
         log.info("audit: %s %s %s %s", actor.describe(), action, target, detail)

@@ -22,7 +22,7 @@ from control_plane.api.peer import check_agent_peer
 from control_plane.api.validation import agent_message_problems, check, hello_problems, joined
 from control_plane.clock import Clock
 from control_plane.domain.records import PoolRecord
-from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome
+from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome, TokenRevoked
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import AgentSession, SessionHub
 from control_plane.wire import (
@@ -169,8 +169,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     raise ProtocolError(problems)
                 kind = message.WhichOneof("body")
                 if kind == "heartbeat":
-                    if await self._access.revoked(session.dataplane):
-                        raise RevokedError(f"the join token of {session.dataplane!r} was revoked")
                     pools = _pools(hello, message.heartbeat)
                     await self._report(session, pools, message.heartbeat.attempts, full_state=True)
                 elif kind == "attempt_update":
@@ -198,9 +196,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             reported = [reported_from_proto(s) for s in statuses]
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
-        outcome: ReportOutcome = await self._dataplanes.apply_report(
-            session.dataplane, pools, reported, full_state=full_state, now=self._clock.now()
-        )
+        try:
+            # Revocation is checked in the report's own transaction: no extra read a beat.
+            outcome: ReportOutcome = await self._dataplanes.apply_report(
+                session.dataplane, pools, reported, full_state=full_state,
+                now=self._clock.now(), refuse_revoked=self._access.enabled,
+            )
+        except TokenRevoked as error:
+            raise RevokedError(str(error)) from error
         for attempt, spec in outcome.launches:
             session.send(launch_message(attempt, spec))
         for attempt_id in outcome.plan.cancel:

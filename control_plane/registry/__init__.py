@@ -9,7 +9,7 @@ from `control_plane.domain.records`.
 
 from control_plane.registry.access import AuditLog, JoinTokens, KeyStore
 from control_plane.registry.database import Database, DatabaseUrlError, redact
-from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome
+from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome, TokenRevoked
 from control_plane.registry.jobs import JobStore
 from control_plane.registry.policies import PolicyStore
 from control_plane.registry.replicas import Leadership, ReplicaStore
@@ -30,5 +30,6 @@ __all__ = [
     "ReplicaStore",
     "ReportOutcome",
     "SchedulingStore",
+    "TokenRevoked",
     "redact",
 ]

@@ -33,6 +33,10 @@ class ReportOutcome:
     changed_jobs: list[str] = field(default_factory=list)
 
 
+class TokenRevoked(Exception):
+    """A report from a dataplane whose join token was revoked: nothing was recorded."""
+
+
 class DataplaneStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -73,6 +77,7 @@ class DataplaneStore:
         *,
         full_state: bool,
         now: datetime,
+        refuse_revoked: bool = False,
     ) -> ReportOutcome:
         """One transaction per report: pools, liveness, and the reconciled attempts."""
         async with self._db.write() as session:
@@ -81,6 +86,8 @@ class DataplaneStore:
             dp = await session.get(DataplaneRow, dataplane, with_for_update=True)
             if dp is None:
                 raise LookupError(f"dataplane {dataplane} is not registered")
+            if refuse_revoked and dp.token_revoked_at is not None:
+                raise TokenRevoked(f"the join token of {dataplane!r} was revoked")
             dp.last_heartbeat_at = now
             if pools is not None:
                 await _replace_pools(session, dataplane, pools, now)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ import pytest
 from fleet.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from control_plane.domain.access import ALL_PROJECTS, Role
-from control_plane.registry import Database, KeyStore
+from control_plane.registry import Database, JoinTokens, KeyStore
 from control_plane.server import RunningControlPlane
 from tests.control_plane.harness import (
     FakeAgent,
@@ -303,3 +304,29 @@ async def test_changes_are_audited_and_no_secret_is_ever_logged(
         assert secret not in caplog.text
         assert all(secret not in e.message for e in events)
         assert all(secret not in e.detail for e in audit.events)
+
+
+async def test_a_token_revoked_elsewhere_ends_the_stream_at_the_next_report(
+    database_url: str,
+) -> None:
+    """Revoked through another replica (here: straight in the database), the stream this
+    replica holds ends when the agent next reports, and the report changes nothing."""
+    async with secured(database_url) as (cp, caller, admin_key):
+        admin = caller(admin_key)
+        token = await enroll(admin, "east")
+        agent = FakeAgent(cp.port, "east", [gpu_pool("h100")], token=token, admin_key=admin_key)
+        await agent.join()
+        job = await admin.submit("vision")
+        launch = await agent.expect("launch")
+        database = Database(database_url)
+        try:
+            assert await JoinTokens(database).revoke("east", datetime.now(UTC))
+        finally:
+            await database.close()
+        await agent.update(status(launch.attempt_id, P.ATTEMPT_PHASE_RUNNING))
+        ended = await refused(agent.call.read())
+        assert ended.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "was revoked" in (ended.details() or "")
+        got = await admin.call(admin.jobs.Get, jobs_pb2.GetJobRequest(job_id=job.id))
+        assert got.phase == P.JOB_PHASE_SCHEDULED   # the revoked agent's report was refused
+        await agent.close()

@@ -151,14 +151,19 @@ async def test_a_drain_with_no_deadline_preempts_at_once_and_survives_a_restart(
             assert (await a.expect("cancel")).attempt_id == first.attempt_id
         for agent in (a, b):
             await agent.close()
-    async with control_plane(database_url, migrate=False) as (cp, _), admin_client(
-        cp.port
-    ) as admin:
+    async with (
+        control_plane(database_url, migrate=False) as (cp, _),
+        admin_client(cp.port) as admin,
+        job_client(cp.port) as jobs,
+    ):
         listed = await admin.ListDataplanes(admin_pb2.ListDataplanesRequest())
         states = {d.name: d.state for d in listed.dataplanes}
         assert states == {"a": admin_pb2.DATAPLANE_STATE_DRAINING,
                           "b": admin_pb2.DATAPLANE_STATE_ACTIVE}
-        assert job.id
+        # No agent confirmed the stop yet: the job stays where it was, with one attempt.
+        kept = await jobs.Get(jobs_pb2.GetJobRequest(job_id=job.id))
+        assert (kept.phase, kept.dataplane, len(kept.attempts)) == (
+            P.JOB_PHASE_RUNNING, "a", 1)
 
 
 @pytest.mark.parametrize(

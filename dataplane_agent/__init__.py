@@ -14,7 +14,8 @@ Layers, from the inside out (each imports only those before it):
   starts each attempt under a detached runner process (``launcher.runner``) with one folder
   per attempt; ``KubernetesLauncher`` makes one pod per attempt through ``launcher.kube_api``
   (the only module that imports the ``kubernetes`` client), kept current by list+watch
-  informers (``launcher.informer``). Flyte tasks are staged in the dataplane's store (any
+  informers (``launcher.informer``); ``launcher.kube_plan`` turns a launch into its pod.
+  Flyte tasks are staged in the dataplane's store (any
   fsspec URL): ``launcher.staging`` does the fsspec I/O. Only the literal maps and error
   messages leave the region, never the data.
 - ``connection`` (with ``wire`` for the protobuf translations): the one bidirectional

@@ -12,7 +12,8 @@ from typing import Any
 
 from dataplane_agent.connection import Connection
 from dataplane_agent.launcher.kube_api import KubeApi, KubeConfigError
-from dataplane_agent.launcher.kubernetes import ClusterSettings, KubernetesLauncher
+from dataplane_agent.launcher.kube_plan import ClusterSettings
+from dataplane_agent.launcher.kubernetes import KubernetesLauncher
 from dataplane_agent.launcher.process import ProcessLauncher, WorkdirBusy
 from dataplane_agent.pool_file import PoolFile, PoolFileError, load_pool_file
 from dataplane_agent.settings import AgentSettings

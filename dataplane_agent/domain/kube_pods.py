@@ -322,6 +322,14 @@ def _pending(pod: Mapping[str, Any], status: Mapping[str, Any], facts: PodFacts)
     return Verdict(Phase.STARTING, reason, message)
 
 
+def exit_code_of(pod: Mapping[str, Any]) -> int | None:
+    """The main container's exit code once it ended (0 for a Succeeded pod without one)."""
+    code = _terminated(pod.get("status") or {}).get("exitCode")
+    if isinstance(code, int):
+        return code
+    return 0 if (pod.get("status") or {}).get("phase") == "Succeeded" else None
+
+
 def started_at(pod: Mapping[str, Any] | None) -> datetime | None:
     running = ((_container_status(pod) or {}).get("state") or {}).get("running") or {}
     stamp = running.get("startedAt") or ((pod or {}).get("status") or {}).get("startTime")

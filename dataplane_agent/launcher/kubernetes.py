@@ -24,19 +24,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 from dataplane_agent.domain.attempt import AttemptStatus, Phase, TaskResult, Verdict
 from dataplane_agent.domain.capacity import PoolReport
-from dataplane_agent.domain.flyte import needs_staging
 from dataplane_agent.domain.kube_nodes import (
     GpuNode,
-    NodeRules,
     Pool,
+    pod_ended,
     pool_reports,
     pools_of,
     read_node,
@@ -48,6 +47,7 @@ from dataplane_agent.domain.kube_pods import (
     PodFacts,
     PodIdentity,
     PodPlan,
+    exit_code_of,
     finished_at,
     pod_identity,
     pod_manifest,
@@ -64,6 +64,7 @@ from dataplane_agent.launcher.base import (
 )
 from dataplane_agent.launcher.informer import Informer
 from dataplane_agent.launcher.kube_api import KubeApi, KubeError, KubeUnavailable
+from dataplane_agent.launcher.kube_plan import ClusterSettings, plan_pod
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,6 @@ MAX_LOG_TAIL = 16 * 1024 * 1024
 MAX_DELETED_NODES = 1000
 # Pods bound to a node and not ended: the ones that use its GPUs right now.
 BOUND_LIVE_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    dataplane: str
-    namespace: str
-    rules: NodeRules = field(default_factory=NodeRules)
-    store_prefix: str | None = None
-    service_account: str = ""
-    default_image: str = ""
-    image_pull_grace_s: float = 300.0
-    unschedulable_grace_s: float = 600.0
-    kill_grace_s: float = 30.0
-    tick_s: float = 1.0
 
 
 @dataclass
@@ -321,35 +308,14 @@ class KubernetesLauncher:
     # -- making pods ---------------------------------------------------------------------------
 
     async def _plan(self, request: LaunchRequest, pool: Pool, image: str) -> PodPlan:
-        command, env, prefix = request.command, dict(request.env), ""
-        if needs_staging(request.command, request.inputs):
-            if not self._settings.store_prefix:
-                raise staging.StagingError(
-                    "InvalidSpec", "this dataplane has no store_prefix for Flyte tasks")
-            earlier = sorted(
-                ((a.identity.epoch, a.identity.attempt_prefix) for a in self._attempts.values()
-                 if a.identity.job_id == request.job_id and a.identity.attempt_prefix
-                 and a.identity.epoch < request.epoch),
-                reverse=True,
-            )
-            staged = await asyncio.to_thread(staging.stage, request, self._settings.store_prefix,
-                                             [p for _epoch, p in earlier])
-            command, env, prefix = staged.command, staged.env, staged.prefix
-        resources = request.spec.get("resources") or {}
-        assert isinstance(resources, dict)
-        return PodPlan(
-            namespace=self._settings.namespace, dataplane=self._settings.dataplane,
-            attempt_id=request.attempt_id, job_id=request.job_id, epoch=request.epoch,
-            pool=request.pool, gpus=request.gpus, image=image, command=command, env=env,
-            terms=pool.terms, tolerations=self._settings.rules.pod_tolerations(
-                pool.key.purchase_type),
-            node_selector=self._settings.rules.node_selector, project=request.project,
-            service_account=str(request.spec.get("serviceAccount")
-                                or self._settings.service_account),
-            timeout_s=request.timeout_s, grace_s=self._settings.kill_grace_s,
-            cpu_millis=int(resources.get("cpuMillis") or 0),
-            memory_bytes=int(resources.get("memoryBytes") or 0), attempt_prefix=prefix,
+        """The pod for a launch; its job's earlier attempts here may have left a checkpoint."""
+        earlier = sorted(
+            ((a.identity.epoch, a.identity.attempt_prefix) for a in self._attempts.values()
+             if a.identity.job_id == request.job_id and a.identity.attempt_prefix
+             and a.identity.epoch < request.epoch),
+            reverse=True,
         )
+        return await plan_pod(request, pool, image, self._settings, [p for _e, p in earlier])
 
     def _new_attempt(self, request: LaunchRequest) -> _Attempt:
         identity = PodIdentity(request.attempt_id, request.job_id, request.epoch, request.pool,
@@ -454,7 +420,7 @@ class KubernetesLauncher:
             unschedulable_grace_s=settings.unschedulable_grace_s,
         )
         verdict = pod_verdict(facts)
-        if verdict.phase is Phase.RUNNING and pod is not None and facts.staged and _ended(pod):
+        if verdict.phase is Phase.RUNNING and pod is not None and facts.staged and pod_ended(pod):
             self._read_result_soon(attempt, exit_code_of(pod))
         if verdict == attempt.verdict:
             return
@@ -464,7 +430,7 @@ class KubernetesLauncher:
             attempt.finished_at = finished_at(attempt.pod) or datetime.now(UTC)
             log.info("attempt %s finished: %s %s %s", attempt.identity.attempt_id,
                      verdict.phase.value.upper(), verdict.reason, verdict.message)
-            if pod is not None and not attempt.deleting and not _ended(pod):
+            if pod is not None and not attempt.deleting and not pod_ended(pod):
                 # Preempted or given up while the pod lives: it must not run on later.
                 self._background(self._delete(attempt, settings.kill_grace_s))
         if announce:
@@ -519,18 +485,6 @@ class KubernetesLauncher:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("kubernetes launcher: %s", task.exception())
-
-
-def exit_code_of(pod: Mapping[str, Any]) -> int | None:
-    for item in (pod.get("status") or {}).get("containerStatuses") or []:
-        if item.get("name") == CONTAINER:
-            code = ((item.get("state") or {}).get("terminated") or {}).get("exitCode")
-            return code if isinstance(code, int) else None
-    return 0 if (pod.get("status") or {}).get("phase") == "Succeeded" else None
-
-
-def _ended(pod: Mapping[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _with_prefix(identity: PodIdentity, prefix: str) -> PodIdentity:

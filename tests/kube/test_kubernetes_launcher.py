@@ -17,7 +17,8 @@ from dataplane_agent.domain.kube_nodes import NodeRules, PriceRule
 from dataplane_agent.domain.kube_pods import NOTE_CANCEL, pod_name
 from dataplane_agent.launcher.base import LaunchRequest
 from dataplane_agent.launcher.kube_api import USER_AGENT, KubeApi, KubeError
-from dataplane_agent.launcher.kubernetes import ClusterSettings, KubernetesLauncher
+from dataplane_agent.launcher.kube_plan import ClusterSettings
+from dataplane_agent.launcher.kubernetes import KubernetesLauncher
 from tests.agent.test_agent_staging import PLACEHOLDER_ARGS, error_document, literal_map
 from tests.deploy.rbac import agent_rbac_allows
 from tests.kube.cluster import Cluster

@@ -9,12 +9,12 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test venv protos lint typecheck postgres bench clean
+.PHONY: demo test venv protos lint typecheck postgres browser bench clean
 
 demo: venv
 	$(BIN)/fleet demo
 
-test: venv postgres
+test: venv postgres browser
 	$(BIN)/python -m pytest
 
 $(UV):
@@ -34,6 +34,17 @@ postgres:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 		else \
 			echo "Postgres server binaries not found: install Debian's postgresql (apt-get install postgresql)"; exit 1; \
+		fi; \
+	fi
+
+# The dashboard test drives Debian's Chromium through its chromedriver (headless).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium and chromium-driver for the dashboard test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "chromium/chromedriver not found: install Debian's chromium and chromium-driver"; exit 1; \
 		fi; \
 	fi
 

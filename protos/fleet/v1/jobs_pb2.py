@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fleet.v1 import types_pb2 as fleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66leet/v1/jobs.proto\x12\x08\x66leet.v1\x1a\x14\x66leet/v1/types.proto\"D\n\rSubmitRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.fleet.v1.JobSpec\x12\x12\n\nclient_key\x18\x02 \x01(\t\"=\n\x0eSubmitResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.fleet.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x80\x01\n\x0fListJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\"\n\x06phases\x18\x02 \x03(\x0e\x32\x12.fleet.v1.JobPhase\x12\x11\n\tdataplane\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.fleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"H\n\x0eJobLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x12\n\ntail_bytes\x18\x03 \x01(\r2\xde\x02\n\nJobService\x12;\n\x06Submit\x12\x17.fleet.v1.SubmitRequest\x1a\x18.fleet.v1.SubmitResponse\x12-\n\x03Get\x12\x17.fleet.v1.GetJobRequest\x1a\r.fleet.v1.Job\x12=\n\x04List\x12\x19.fleet.v1.ListJobsRequest\x1a\x1a.fleet.v1.ListJobsResponse\x12\x33\n\x06\x43\x61ncel\x12\x1a.fleet.v1.CancelJobRequest\x1a\r.fleet.v1.Job\x12\x38\n\x05Watch\x12\x19.fleet.v1.WatchJobRequest\x1a\x12.fleet.v1.JobEvent0\x01\x12\x36\n\x04Logs\x12\x18.fleet.v1.JobLogsRequest\x1a\x12.fleet.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66leet/v1/jobs.proto\x12\x08\x66leet.v1\x1a\x14\x66leet/v1/types.proto\"D\n\rSubmitRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.fleet.v1.JobSpec\x12\x12\n\nclient_key\x18\x02 \x01(\t\"=\n\x0eSubmitResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.fleet.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\";\n\x12SubmitBatchRequest\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.fleet.v1.SubmitRequest\"=\n\x13SubmitBatchResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.fleet.v1.SubmitResponse\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x80\x01\n\x0fListJobsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\"\n\x06phases\x18\x02 \x03(\x0e\x32\x12.fleet.v1.JobPhase\x12\x11\n\tdataplane\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.fleet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"H\n\x0eJobLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x12\n\ntail_bytes\x18\x03 \x01(\r2\xaa\x03\n\nJobService\x12;\n\x06Submit\x12\x17.fleet.v1.SubmitRequest\x1a\x18.fleet.v1.SubmitResponse\x12J\n\x0bSubmitBatch\x12\x1c.fleet.v1.SubmitBatchRequest\x1a\x1d.fleet.v1.SubmitBatchResponse\x12-\n\x03Get\x12\x17.fleet.v1.GetJobRequest\x1a\r.fleet.v1.Job\x12=\n\x04List\x12\x19.fleet.v1.ListJobsRequest\x1a\x1a.fleet.v1.ListJobsResponse\x12\x33\n\x06\x43\x61ncel\x12\x1a.fleet.v1.CancelJobRequest\x1a\r.fleet.v1.Job\x12\x38\n\x05Watch\x12\x19.fleet.v1.WatchJobRequest\x1a\x12.fleet.v1.JobEvent0\x01\x12\x36\n\x04Logs\x12\x18.fleet.v1.JobLogsRequest\x1a\x12.fleet.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,18 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST']._serialized_end=123
   _globals['_SUBMITRESPONSE']._serialized_start=125
   _globals['_SUBMITRESPONSE']._serialized_end=186
-  _globals['_GETJOBREQUEST']._serialized_start=188
-  _globals['_GETJOBREQUEST']._serialized_end=219
-  _globals['_LISTJOBSREQUEST']._serialized_start=222
-  _globals['_LISTJOBSREQUEST']._serialized_end=350
-  _globals['_LISTJOBSRESPONSE']._serialized_start=352
-  _globals['_LISTJOBSRESPONSE']._serialized_end=424
-  _globals['_CANCELJOBREQUEST']._serialized_start=426
-  _globals['_CANCELJOBREQUEST']._serialized_end=476
-  _globals['_WATCHJOBREQUEST']._serialized_start=478
-  _globals['_WATCHJOBREQUEST']._serialized_end=530
-  _globals['_JOBLOGSREQUEST']._serialized_start=532
-  _globals['_JOBLOGSREQUEST']._serialized_end=604
-  _globals['_JOBSERVICE']._serialized_start=607
-  _globals['_JOBSERVICE']._serialized_end=957
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=188
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=247
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=249
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=310
+  _globals['_GETJOBREQUEST']._serialized_start=312
+  _globals['_GETJOBREQUEST']._serialized_end=343
+  _globals['_LISTJOBSREQUEST']._serialized_start=346
+  _globals['_LISTJOBSREQUEST']._serialized_end=474
+  _globals['_LISTJOBSRESPONSE']._serialized_start=476
+  _globals['_LISTJOBSRESPONSE']._serialized_end=548
+  _globals['_CANCELJOBREQUEST']._serialized_start=550
+  _globals['_CANCELJOBREQUEST']._serialized_end=600
+  _globals['_WATCHJOBREQUEST']._serialized_start=602
+  _globals['_WATCHJOBREQUEST']._serialized_end=654
+  _globals['_JOBLOGSREQUEST']._serialized_start=656
+  _globals['_JOBLOGSREQUEST']._serialized_end=728
+  _globals['_JOBSERVICE']._serialized_start=731
+  _globals['_JOBSERVICE']._serialized_end=1157
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class JobServiceStub:
                 request_serializer=fleet_dot_v1_dot_jobs__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=fleet_dot_v1_dot_jobs__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/fleet.v1.JobService/SubmitBatch',
+                request_serializer=fleet_dot_v1_dot_jobs__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=fleet_dot_v1_dot_jobs__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/fleet.v1.JobService/Get',
                 request_serializer=fleet_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -72,6 +77,14 @@ class JobServiceServicer:
 
     def Submit(self, request, context):
         """Idempotent by client_key: a second submit with the same key returns the same job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitBatch(self, request, context):
+        """Several submits in one call and one transaction: all are stored or none (the first
+        invalid one is named as jobs[i]); each is idempotent by its client_key as in Submit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +129,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=fleet_dot_v1_dot_jobs__pb2.SubmitRequest.FromString,
                     response_serializer=fleet_dot_v1_dot_jobs__pb2.SubmitResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=fleet_dot_v1_dot_jobs__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=fleet_dot_v1_dot_jobs__pb2.SubmitBatchResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -170,6 +188,33 @@ class JobService:
             '/fleet.v1.JobService/Submit',
             fleet_dot_v1_dot_jobs__pb2.SubmitRequest.SerializeToString,
             fleet_dot_v1_dot_jobs__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.JobService/SubmitBatch',
+            fleet_dot_v1_dot_jobs__pb2.SubmitBatchRequest.SerializeToString,
+            fleet_dot_v1_dot_jobs__pb2.SubmitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,10 @@ class JobServiceStub:
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitRequest, _jobs_pb2.SubmitResponse]
     """Idempotent by client_key: a second submit with the same key returns the same job."""
+    SubmitBatch: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitBatchRequest, _jobs_pb2.SubmitBatchResponse]
+    """Several submits in one call and one transaction: all are stored or none (the first
+    invalid one is named as jobs[i]); each is idempotent by its client_key as in Submit.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _types_pb2.Job]
     List: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     Cancel: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _types_pb2.Job]
@@ -47,6 +51,10 @@ class JobServiceAsyncStub(JobServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitRequest, _jobs_pb2.SubmitResponse]  # type: ignore[assignment]
     """Idempotent by client_key: a second submit with the same key returns the same job."""
+    SubmitBatch: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitBatchRequest, _jobs_pb2.SubmitBatchResponse]  # type: ignore[assignment]
+    """Several submits in one call and one transaction: all are stored or none (the first
+    invalid one is named as jobs[i]); each is idempotent by its client_key as in Submit.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _types_pb2.Job]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _types_pb2.Job]  # type: ignore[assignment]
@@ -63,6 +71,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.SubmitResponse, _abc.Awaitable[_jobs_pb2.SubmitResponse]]:
         """Idempotent by client_key: a second submit with the same key returns the same job."""
+
+    @_abc_1.abstractmethod
+    def SubmitBatch(
+        self,
+        request: _jobs_pb2.SubmitBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.SubmitBatchResponse, _abc.Awaitable[_jobs_pb2.SubmitBatchResponse]]:
+        """Several submits in one call and one transaction: all are stored or none (the first
+        invalid one is named as jobs[i]); each is idempotent by its client_key as in Submit.
+        """
 
     @_abc_1.abstractmethod
     def Get(

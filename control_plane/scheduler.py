@@ -11,12 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from control_plane.clock import Clock
 from control_plane.domain.health import Timers, expiry_suspended
 from control_plane.domain.phases import DataplaneHealth
-from control_plane.domain.placement import DataplaneView, Decision, JobDemand, ledger_for, place
+from control_plane.domain.placement import (
+    DataplaneView,
+    Decision,
+    JobDemand,
+    ledger_for,
+    never_fits,
+    place,
+)
 from control_plane.domain.policy import (
     DEFAULT_POLICY,
     Policy,
@@ -26,7 +34,7 @@ from control_plane.domain.policy import (
     parse_policy,
     queue_key,
 )
-from control_plane.domain.records import DataplaneRecord
+from control_plane.domain.records import DataplaneRecord, PoolRecord
 from control_plane.domain.usage import usage_by_project
 from control_plane.registry import (
     DataplaneStore,
@@ -39,6 +47,9 @@ from control_plane.sessions import SessionHub
 from control_plane.wire import cancel_message, demand_from_json, launch_message
 
 log = logging.getLogger(__name__)
+
+# How old the fleet view that submits are checked against may be (see never_fits).
+SUBMIT_VIEW_MAX_AGE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,8 @@ class Scheduler:
         self._suspended_logged = False
         self._policies = policies
         self._policy: tuple[int, Policy] = (0, DEFAULT_POLICY)
+        # What submits check a job against (never_fits): (taken at, pools, policy).
+        self._submit_cache: tuple[float, list[PoolRecord], Policy] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -171,9 +184,33 @@ class Scheduler:
             log.info("routing policy version %d in force", version)
         return self._policy
 
-    async def quota_usage(self) -> QuotaLedger:
+    async def never_fits(self, demand: JobDemand) -> str | None:
+        """Why no registered pool could ever run the job under the policy (refused at
+        submit); None if one could. Decided on a view of the fleet at most
+        SUBMIT_VIEW_MAX_AGE_S old (no reads per submit); a refusal is confirmed on fresh
+        reads, so a dataplane that just joined is never missed."""
+        pools, policy = await self._submit_view(fresh=False)
+        if never_fits(demand, pools, policy) is None:
+            return None
+        pools, policy = await self._submit_view(fresh=True)
+        return never_fits(demand, pools, policy)
+
+    async def _submit_view(self, *, fresh: bool) -> tuple[list[PoolRecord], Policy]:
+        cached = self._submit_cache
+        if fresh or cached is None or time.monotonic() - cached[0] > SUBMIT_VIEW_MAX_AGE_S:
+            _, policy = await self.current_policy()
+            self._remember_pools(await self._dataplanes.list_dataplanes(), policy)
+            cached = self._submit_cache
+            assert cached is not None
+        return cached[1], cached[2]
+
+    def _remember_pools(self, records: list[DataplaneRecord], policy: Policy) -> None:
+        pools = [pool for record in records for pool in record.pools]
+        self._submit_cache = (time.monotonic(), pools, policy)
+
+    async def quota_usage(self, policy: Policy) -> QuotaLedger:
         now = self._clock.now()
-        spans = await self._scheduling.attempt_spans(now)
+        spans = await self._scheduling.attempt_spans(now, list(policy.quotas))
         return QuotaLedger(
             {
                 project: ProjectUsage(gpus, hours)
@@ -186,13 +223,13 @@ class Scheduler:
         version, policy = await self.current_policy()
         views = self.views(await self._dataplanes.list_dataplanes())
         ledger = ledger_for(*await self._scheduling.capacity())
-        return version, place(demand, views, ledger, policy, await self.quota_usage())
+        return version, place(demand, views, ledger, policy, await self.quota_usage(policy))
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
         _, policy = await self.current_policy()
         views = self.views(records)
         ledger = ledger_for(*await self._scheduling.capacity())
-        usage = await self.quota_usage()
+        usage = await self.quota_usage(policy)
         queued = await self._scheduling.queued(self._batch)
         jobs = sorted(
             ((demand_from_json(job.job_id, job.spec), job) for job in queued),

@@ -61,6 +61,14 @@ from control_plane.relay import Relay
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.settings import ControlPlaneSettings, is_loopback, transport_problem
+from control_plane.web import (
+    HttpListenError,
+    HttpServer,
+    WebSources,
+    make_app,
+    start_http,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +115,17 @@ class RunningControlPlane:
     keys: KeyStore
     replica_key_id: str
     agent_port: int = 0   # the mutual-TLS listener for agents (agent_listen), 0 without one
+    http: HttpServer | None = None   # /metrics and the dashboard (http_listen), None without
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP side's bound port; 0 without one."""
+        return 0 if self.http is None else self.http.port
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.stop()
         self.scheduler_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.scheduler_task
@@ -180,6 +196,9 @@ async def start(
     jobs_pb2_grpc.add_JobServiceServicer_to_server(
         JobService(jobs, dataplanes, scheduler, hub, clock, access, relay), server
     )
+    web_sources = WebSources(
+        access, jobs, dataplanes, policies, scheduler, hub, relay, clock, timers
+    )
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaService(hub, access), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentService(
@@ -217,6 +236,7 @@ async def start(
         server,
     )
     port, agent_port = _add_ports(server, settings, credentials, agent_credentials)
+    http = await _start_http(settings, web_sources, database)
     await server.start()
     await replicas.register(replica_id, advertised(settings, port), clock.now())
     for name in ("", *names):
@@ -233,8 +253,27 @@ async def start(
         Path(settings.port_file).write_text(f"{port}\n")
     return RunningControlPlane(
         port, server, database, scheduler, scheduler_task, health_servicer, replica_id,
-        replicas, leadership, relay, keys, replica_key_id, agent_port,
+        replicas, leadership, relay, keys, replica_key_id, agent_port, http,
     )
+
+
+async def _start_http(
+    settings: ControlPlaneSettings, sources: WebSources, database: Database
+) -> HttpServer | None:
+    """The HTTP side (/metrics, the dashboard) when http_listen is set: HTTPS with the
+    certificate the gRPC side serves, plaintext where that side is plaintext."""
+    if not settings.http_listen:
+        return None
+    try:
+        tls = None
+        if not settings.insecure and settings.tls_cert and settings.tls_key:
+            tls = tls_context(settings.tls_cert, settings.tls_key)
+        return await start_http(
+            make_app(sources), settings.http_listen, tls, port_file=settings.http_port_file
+        )
+    except HttpListenError as error:
+        await database.close()   # nothing else has started yet
+        raise SettingsError(str(error)) from None
 
 
 # -- transport security -----------------------------------------------------------------------

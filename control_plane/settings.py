@@ -51,6 +51,11 @@ class ControlPlaneSettings:
     # (empty: the host it dials; a pod IP is seldom in a certificate).
     tls_ca: str | None = None
     tls_server_name: str = ""
+    # The HTTP side: /metrics, /healthz and the read-only web dashboard with its JSON API,
+    # on host:port (empty: none). HTTPS with tls_cert and tls_key when the gRPC side serves
+    # TLS, plaintext where it does. Port 0 picks a free port (written to http_port_file).
+    http_listen: str = ""
+    http_port_file: str | None = None
 
 
 def transport_problem(settings: ControlPlaneSettings) -> str | None:
@@ -58,6 +63,11 @@ def transport_problem(settings: ControlPlaneSettings) -> str | None:
     when chosen explicitly; TLS needs a certificate and its key; no auth only on loopback."""
     if not settings.auth and not is_loopback(settings.listen):
         return f"--no-auth: only on a loopback address (127.0.0.1, ::1), not {settings.listen}"
+    if not settings.auth and settings.http_listen and not is_loopback(settings.http_listen):
+        return (
+            "--no-auth: only on a loopback address (127.0.0.1, ::1), "
+            f"and --http-listen is {settings.http_listen}"
+        )
     if settings.insecure and (settings.tls_cert or settings.tls_key or settings.tls_client_ca):
         return "--insecure serves plaintext: leave out --tls-cert, --tls-key and --tls-client-ca"
     if not settings.insecure and not (settings.tls_cert or settings.tls_key):

@@ -12,6 +12,7 @@ on 127.0.0.1 in plaintext, which every process is told explicitly (--insecure).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,7 +28,9 @@ import typer
 from fleet.v1 import types_pb2
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from fleet_cli.context import stdout_console
 from fleet_cli.local_fleet import LocalFleet
@@ -36,6 +39,7 @@ from fleet_client import FleetClient, FleetError
 
 P = types_pb2
 FINAL = {P.JOB_PHASE_SUCCEEDED, P.JOB_PHASE_FAILED, P.JOB_PHASE_CANCELLED}
+PROGRESS_WIDTH = 30
 
 DATAPLANES: dict[str, dict[str, Any]] = {
     "onprem-dc1": {
@@ -254,18 +258,45 @@ def _submit_all(client: FleetClient) -> list[str]:
 def _follow(
     fleet: LocalFleet, client: FleetClient, ids: list[str], console: Console
 ) -> list[types_pb2.Job]:
-    deadline = time.monotonic() + 180
-    with Live(console=console, refresh_per_second=8, transient=True) as live:
+    """Poll the jobs until every one is final; on a terminal, show them move meanwhile."""
+    started = time.monotonic()
+    deadline = started + 180
+    live = (
+        Live(console=console, refresh_per_second=8, transient=True)
+        if console.is_interactive
+        else None
+    )
+    with live if live is not None else contextlib.nullcontext():
         while True:
             fleet.check_alive()
             jobs = [client.get(job_id) for job_id in ids]
-            done = sum(job.phase in FINAL for job in jobs)
-            live.update(Group(_progress(jobs), f"{done} of {len(jobs)} jobs finished"))
-            if done == len(jobs):
+            if live is not None:
+                elapsed = time.monotonic() - started
+                live.update(Group(_progress(jobs), demo_progress(jobs, elapsed)))
+            if all(job.phase in FINAL for job in jobs):
                 return jobs
             if time.monotonic() > deadline:
                 raise TimeoutError("the jobs did not finish within 180 s")
             time.sleep(0.25)
+
+
+def demo_progress(jobs: list[types_pb2.Job], elapsed_s: float) -> Table:
+    """'[bar] 5/12 finished · 3 queued, 4 running, 5 succeeded · 12s' (one line)."""
+    done = sum(job.phase in FINAL for job in jobs)
+    counts: dict[int, int] = {}
+    for job in jobs:
+        counts[job.phase] = counts.get(job.phase, 0) + 1
+    phases = ", ".join(
+        f"{counts[phase]} {job_phase_word(phase)}" for phase in sorted(counts)
+    )
+    line = Table.grid(padding=(0, 1))
+    line.add_column(no_wrap=True)
+    line.add_column(no_wrap=True)
+    line.add_row(
+        ProgressBar(total=len(jobs) or 1, completed=done, width=PROGRESS_WIDTH),
+        Text(f"{done}/{len(jobs)} finished · {phases} · {int(elapsed_s)}s", overflow="ellipsis"),
+    )
+    return line
 
 
 def _progress(jobs: list[types_pb2.Job]) -> Table:

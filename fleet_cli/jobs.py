@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 from fleet.v1 import types_pb2
-from rich.status import Status
 from rich.text import Text
 
 from fleet_cli import parse, render
@@ -144,32 +145,66 @@ def submit(
         raise typer.Exit(1)
 
 
+@dataclass
+class WaitProgress:
+    """The status line under `submit --wait` on a terminal; rendered again at every frame
+    of the spinner, so the elapsed time moves while nothing happens."""
+
+    job_id: str
+    phase: int
+    placement: str
+    message: str
+    started: float  # time.monotonic() when the wait began
+
+    def __rich__(self) -> Text:
+        elapsed = time.monotonic() - self.started
+        return wait_status_text(self.job_id, self.phase, self.placement, self.message, elapsed)
+
+
+def wait_status_text(
+    job_id: str, phase: int, placement: str, message: str, elapsed_s: float
+) -> Text:
+    """'job j-1: running on eu/h100 (1m 5s) · placed on eu/h100: cheapest reserved', one
+    line (cut with an ellipsis on a narrow terminal)."""
+    where = f" on {placement}" if placement != render.NONE else ""
+    seconds = int(max(elapsed_s, 0))
+    elapsed = f"{seconds}s" if seconds < 60 else render.duration_text(timedelta(seconds=seconds))
+    line = f"job {job_id}: {render.job_phase_word(phase)}{where} ({elapsed})"
+    if message:
+        line += f" · {message}"
+    return Text(line, no_wrap=True, overflow="ellipsis")
+
+
 def _wait_with_progress(client: FleetClient, job: types_pb2.Job) -> types_pb2.Job:
-    """Follow the job to its final phase, with a status line and one line per event."""
+    """Follow the job to its final phase, with one line per event on stderr and, when
+    stderr is a terminal, a spinner with the phase, placement, message and elapsed time."""
     console = stderr_console()
-    placement = render.placement_text(job.dataplane, job.pool)
+    progress = WaitProgress(
+        job.id, job.phase, render.placement_text(job.dataplane, job.pool), job.message,
+        time.monotonic(),
+    )  # fmt: skip
     attempt_id = ""
 
-    def status_text(phase: int) -> Text:
-        where = f" on {placement}" if placement != render.NONE else ""
-        return Text(f"job {job.id}: {render.job_phase_word(phase)}{where}")
-
-    def on_event(event: types_pb2.JobEvent, status: Status) -> None:
-        nonlocal placement, attempt_id
+    def on_event(event: types_pb2.JobEvent) -> None:
+        nonlocal attempt_id
         if event.attempt_id and event.attempt_id != attempt_id:
             attempt_id = event.attempt_id
             try:
                 current = client.get(job.id)
-                placement = render.placement_text(current.dataplane, current.pool)
+                progress.placement = render.placement_text(current.dataplane, current.pool)
             except FleetError:
                 pass  # only the status line needs it; wait() reports a real outage
+        progress.phase = event.phase
+        if event.message:
+            progress.message = event.message
         console.print(render.event_line(event), markup=False)
-        status.update(status_text(event.phase))
 
     console.print(f"submitted job {job.id}; waiting for it to finish", markup=False)
     try:
-        with console.status(status_text(job.phase)) as status:
-            return client.wait(job.id, on_event=lambda event: on_event(event, status))
+        if not console.is_interactive:
+            return client.wait(job.id, on_event=on_event)
+        with console.status(progress):
+            return client.wait(job.id, on_event=on_event)
     except KeyboardInterrupt:
         console.print(
             f"stopped waiting; job {job.id} keeps running (fleet jobs cancel {job.id})",

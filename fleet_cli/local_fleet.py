@@ -91,6 +91,8 @@ class LocalFleet:
     auth: bool = False
     admin_key: str = field(default="", repr=False)
     agent_port: int = field(default_factory=free_port)   # with tls.client_ca
+    # The control plane's HTTP side: /metrics and the web dashboard (see http_url).
+    http_port: int = field(default_factory=free_port)
     control_plane: subprocess.Popen[bytes] | None = None
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     replicas: list[ReplicaProcess] = field(default_factory=list)
@@ -101,6 +103,12 @@ class LocalFleet:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The web dashboard (and /metrics under it): HTTPS when the fleet serves TLS."""
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.http_port}/"
 
     @property
     def client_tls(self) -> TlsConfig:
@@ -161,8 +169,9 @@ class LocalFleet:
         return self.address
 
     def start_control_plane(self) -> None:
+        args = self._control_plane_args(self.address, self.agent_port, migrate=True)
         self.control_plane = self._spawn(
-            self._control_plane_args(self.address, self.agent_port, migrate=True),
+            [*args, "--http-listen", f"127.0.0.1:{self.http_port}"],
             self.root / "control-plane.log",
         )
         if self.auth and not self.admin_key:

@@ -5,6 +5,7 @@
     fleet agent ...              run a dataplane agent
     fleet jobs submit|get|list|cancel|watch|logs|explain
     fleet dataplanes list
+    fleet status [--once|--json]
     fleet policy apply|history|show|rollback|explain
 
 Exit codes:
@@ -28,7 +29,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from fleet_cli import audit, dataplanes, jobs, keys, policy, roles
+from fleet_cli import audit, dataplanes, jobs, keys, policy, roles, status
 from fleet_cli.context import (
     API_KEY_ENV,
     DEFAULT_ADDRESS,
@@ -190,6 +191,7 @@ def _register_commands(root: typer.Typer) -> None:
     root.add_typer(keys.app, name="keys")
     root.command("audit")(audit.audit)
     root.command("demo")(demo_command)
+    root.command("status")(status.status)
 
 
 _register_commands(app)

@@ -210,6 +210,22 @@ def control_plane(
             show_default=False,
         ),
     ] = None,
+    http_listen: Annotated[
+        str | None,
+        typer.Option(
+            parser=option_parser(parse.parse_host_port),
+            metavar="HOST:PORT",
+            envvar="FLEET_HTTP_LISTEN",
+            help="Also serve HTTP here: /metrics, /healthz and the read-only web dashboard "
+            "at / (HTTPS with --tls-cert; API keys as on the gRPC port). Off by default; "
+            "port 0 picks a free one.",
+            show_default=False,
+        ),
+    ] = None,
+    http_port_file: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Write the bound HTTP port here once listening."),
+    ] = None,
     flyte_connector: Annotated[
         bool,
         typer.Option(
@@ -241,6 +257,8 @@ def control_plane(
         "agent_listen": agent_listen,
         "tls_ca": _path(tls_ca),
         "tls_server_name": tls_server_name,
+        "http_listen": http_listen,
+        "http_port_file": str(http_port_file) if http_port_file else None,
     }
     settings = dataclasses.replace(
         ControlPlaneSettings(auth=not no_auth, migrate=migrate, insecure=insecure),

@@ -26,9 +26,8 @@ from control_plane.api.validation import (
 )
 from control_plane.clock import Clock
 from control_plane.domain.access import Action, Principal
-from control_plane.domain.limits import MAX_PAGE
+from control_plane.domain.limits import MAX_PAGE, MAX_SUBMIT_BATCH
 from control_plane.domain.phases import JobPhase
-from control_plane.domain.placement import never_fits
 from control_plane.domain.records import JobRecord, NewJob
 from control_plane.registry import DataplaneStore, JobStore
 from control_plane.relay import RELAYED_HEADER, Relay
@@ -71,38 +70,66 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitRequest, context: Context
     ) -> jobs_pb2.SubmitResponse:
         caller = await self._access.caller(context)
+        new = await self._admit(request, caller, context, "")
+        [(job, created)] = await self._jobs.submit_all([new], self._clock.now())
+        if created:
+            self._scheduler.wake()
+        return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
+
+    async def SubmitBatch(
+        self, request: jobs_pb2.SubmitBatchRequest, context: Context
+    ) -> jobs_pb2.SubmitBatchResponse:
+        caller = await self._access.caller(context)
+        if not 1 <= len(request.jobs) <= MAX_SUBMIT_BATCH:
+            await refuse(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"jobs: {len(request.jobs)} jobs; a batch has 1 to {MAX_SUBMIT_BATCH}",
+            )
+        news = [
+            await self._admit(submit, caller, context, f"jobs[{i}]: ")
+            for i, submit in enumerate(request.jobs)
+        ]
+        stored = await self._jobs.submit_all(news, self._clock.now())
+        if any(created for _, created in stored):
+            self._scheduler.wake()
+        return jobs_pb2.SubmitBatchResponse(
+            jobs=[jobs_pb2.SubmitResponse(job=job_to_proto(j), created=c) for j, c in stored]
+        )
+
+    async def _admit(
+        self, request: jobs_pb2.SubmitRequest, caller: Principal, context: Context, where: str
+    ) -> NewJob:
+        """The job to store for one submit, or the call refused (nothing stored)."""
         spec = types_pb2.JobSpec()
         spec.CopyFrom(request.spec)
         problems = spec_problems(spec, request.client_key)
         if problems:
             await refuse(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "invalid job: " + "; ".join(problems)
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where}invalid job: " + "; ".join(problems),
             )
         if not caller.may(Action.SUBMIT, spec.project):
             await refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                caller.denial(Action.SUBMIT, spec.project),
+                where + caller.denial(Action.SUBMIT, spec.project),
             )
         spec.domain = spec.domain or DEFAULT_DOMAIN
-        if request.client_key:
-            existing = await self._jobs.by_client_key(spec.project, request.client_key)
-            if existing is not None:
-                return jobs_pb2.SubmitResponse(job=job_to_proto(existing), created=False)
         new = _new_job(spec, request.client_key, caller.describe())
-        pools = [pool for dp in await self._dataplanes.list_dataplanes() for pool in dp.pools]
-        _, policy = await self._scheduler.current_policy()
-        impossible = never_fits(demand_from_json(new.id, new.spec), pools, policy)
-        if impossible is not None:
+        impossible = await self._scheduler.never_fits(demand_from_json(new.id, new.spec))
+        # Already stored under its key (before the fleet changed): a retry still gets it.
+        if impossible is not None and not (
+            request.client_key
+            and await self._jobs.by_client_key(spec.project, request.client_key) is not None
+        ):
             await refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"no dataplane can ever run this job: {impossible}",
+                f"{where}no dataplane can ever run this job: {impossible}",
             )
-        job, created = await self._jobs.submit(new, self._clock.now())
-        if created:
-            self._scheduler.wake()
-        return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
+        return new
 
     async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> types_pb2.Job:
         await check(context, [id_problem("job_id", request.job_id)])

@@ -20,8 +20,14 @@ from control_plane.domain.reconcile import (
 )
 from control_plane.domain.records import AttemptRecord, DataplaneRecord, PoolRecord
 from control_plane.registry.database import Database
+from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
-from control_plane.registry.rows import apply_attempt_change, attempt_record, pool_record
+from control_plane.registry.rows import (
+    apply_attempt_change,
+    attempt_record,
+    locked_jobs,
+    pool_record,
+)
 from control_plane.registry.tables import AttemptRow, DataplaneRow, JobRow, PoolRow
 
 
@@ -33,6 +39,18 @@ class ReportOutcome:
     changed_jobs: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Report:
+    """One agent report waiting to be applied."""
+
+    dataplane: str
+    pools: Sequence[PoolRecord] | None  # None: an attempt update, pools unchanged
+    reported: tuple[ReportedAttempt, ...]
+    full_state: bool
+    now: datetime
+    refuse_revoked: bool
+
+
 class TokenRevoked(Exception):
     """A report from a dataplane whose join token was revoked: nothing was recorded."""
 
@@ -40,6 +58,9 @@ class TokenRevoked(Exception):
 class DataplaneStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._reports: GroupCommit[Report, ReportOutcome] = GroupCommit(
+            self._apply_reports, name="agent-reports"
+        )
 
     async def register(
         self,
@@ -79,50 +100,55 @@ class DataplaneStore:
         now: datetime,
         refuse_revoked: bool = False,
     ) -> ReportOutcome:
-        """One transaction per report: pools, liveness, and the reconciled attempts."""
+        """Apply one agent report: pools, liveness, and the reconciled attempts. Reports
+        arriving together share one transaction (see group_commit.py); each is applied as
+        if alone, in arrival order."""
+        report = Report(dataplane, pools, tuple(reported), full_state, now, refuse_revoked)
+        return await self._reports.write(report)
+
+    async def _apply_reports(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
+        """One transaction for a batch of reports, with a few statements for all of them."""
+        results: list[ReportOutcome | Exception] = []
         async with self._db.write() as session:
-            # Locked first: the lost timer (expire) takes the same lock, so a report and the
-            # timer never act on the same attempts at once.
-            dp = await session.get(DataplaneRow, dataplane, with_for_update=True)
-            if dp is None:
-                raise LookupError(f"dataplane {dataplane} is not registered")
-            if refuse_revoked and dp.token_revoked_at is not None:
-                raise TokenRevoked(f"the join token of {dataplane!r} was revoked")
-            dp.last_heartbeat_at = now
-            if pools is not None:
-                await _replace_pools(session, dataplane, pools, now)
-            ids = [r.id for r in reported]
-            condition = AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES) if full_state else sa.false()
-            rows = {
-                row.id: row
+            names = sorted({r.dataplane for r in reports})
+            # Locked first, in name order: the lost timer (expire), a cancel and a drain
+            # take the same locks in the same order, so none of them acts on these
+            # attempts meanwhile and none deadlocks with another.
+            dps = {
+                row.name: row
                 for row in await session.scalars(
-                    sa.select(AttemptRow).where(
-                        AttemptRow.dataplane == dataplane,
-                        sa.or_(AttemptRow.id.in_(ids), condition),
+                    sa.select(DataplaneRow)
+                    .where(DataplaneRow.name.in_(names))
+                    .order_by(DataplaneRow.name)
+                    .with_for_update()
+                )
+            }
+            with_pools = sorted({r.dataplane for r in reports if r.pools is not None})
+            pool_rows: dict[str, dict[str, PoolRow]] = {name: {} for name in with_pools}
+            if with_pools:
+                for row in await session.scalars(
+                    sa.select(PoolRow).where(PoolRow.dataplane.in_(with_pools))
+                ):
+                    pool_rows[row.dataplane][row.name] = row
+            attempts = await _attempts_of(session, reports)
+            jobs = await locked_jobs(
+                session, (row.job_id for rows in attempts.values() for row in rows.values())
+            )
+            for report in reports:
+                dp = dps.get(report.dataplane)
+                if dp is None:
+                    results.append(LookupError(f"dataplane {report.dataplane} is not registered"))
+                elif report.refuse_revoked and dp.token_revoked_at is not None:
+                    results.append(
+                        TokenRevoked(f"the join token of {report.dataplane!r} was revoked")
                     )
-                )
-            }
-            known = {
-                row.id: KnownAttempt(
-                    row.id, row.epoch, AttemptPhase(row.phase), row.cancel_requested
-                )
-                for row in rows.values()
-            }
-            if pools is not None:
-                # This heartbeat's free GPUs already account for the attempts it lists.
-                for report in reported:
-                    if report.id in rows:
-                        rows[report.id].counted_in_pool = True
-            outcome = ReportOutcome(reconcile(known, reported, full_state=full_state))
-            for change in outcome.plan.changes:
-                if await apply_attempt_change(session, rows[change.attempt_id], change, now):
-                    outcome.changed_jobs.append(rows[change.attempt_id].job_id)
-            for attempt_id in outcome.plan.launch:
-                row = rows[attempt_id]
-                job = await session.get(JobRow, row.job_id)
-                if job is not None:
-                    outcome.launches.append((attempt_record(row), dict(job.spec)))
-        return outcome
+                else:
+                    dp.last_heartbeat_at = report.now
+                    if report.pools is not None:
+                        await _replace_pools(session, pool_rows[report.dataplane], report)
+                    on_dataplane = attempts.get(report.dataplane, {})
+                    results.append(await _reconcile(session, report, on_dataplane, jobs))
+        return results
 
     async def expire(
         self, dataplanes: Sequence[str], now: datetime, heard_before: datetime
@@ -155,14 +181,16 @@ class DataplaneStore:
                 )
                 .with_for_update()
             )
-            for row in list(rows):
+            lost = list(rows)
+            jobs = await locked_jobs(session, (row.job_id for row in lost))
+            for row in lost:
                 change = AttemptChange(
                     row.id,
                     AttemptPhase.LOST,
                     "DataplaneLost",
                     f"dataplane {row.dataplane} went silent",
                 )
-                if await apply_attempt_change(session, row, change, now):
+                if await apply_attempt_change(session, row, jobs.get(row.job_id), change, now):
                     changed.append(row.job_id)
         return changed
 
@@ -257,25 +285,91 @@ class DataplaneStore:
 
 
 
-async def _replace_pools(
-    session: Any, dataplane: str, pools: Sequence[PoolRecord], now: datetime
-) -> None:
-    existing = {
-        row.name: row
-        for row in await session.scalars(sa.select(PoolRow).where(PoolRow.dataplane == dataplane))
-    }
-    for pool in pools:
-        row = existing.pop(pool.name, None)
+async def _replace_pools(session: Any, existing: dict[str, PoolRow], report: Report) -> None:
+    """Make the dataplane's pool rows what the heartbeat says; a row is written only when
+    something in it changed (a heartbeat is mostly the same as the one before)."""
+    assert report.pools is not None
+    gone = dict(existing)
+    for pool in report.pools:
+        row = gone.pop(pool.name, None)
         if row is None:
-            row = PoolRow(dataplane=dataplane, name=pool.name)
+            row = PoolRow(dataplane=report.dataplane, name=pool.name)
             session.add(row)
-        row.region, row.cloud = pool.region, pool.cloud
-        row.purchase_type = pool.purchase_type.value
-        row.gpu_model, row.gpu_memory_gb = pool.gpu_model, pool.gpu_memory_gb
-        row.gpu_total, row.gpu_free = pool.gpu_total, pool.gpu_free
-        row.interconnect, row.price_per_gpu_hour = pool.interconnect, pool.price_per_gpu_hour
-        row.labels = dict(pool.labels)
-        row.gpu_node_size, row.gpu_node_free = pool.gpu_node_size, pool.gpu_node_free
-        row.updated_at = now
-    for gone in existing.values():
-        await session.delete(gone)
+            existing[pool.name] = row
+        values = {
+            "region": pool.region,
+            "cloud": pool.cloud,
+            "purchase_type": pool.purchase_type.value,
+            "gpu_model": pool.gpu_model,
+            "gpu_memory_gb": pool.gpu_memory_gb,
+            "gpu_total": pool.gpu_total,
+            "gpu_free": pool.gpu_free,
+            "interconnect": pool.interconnect,
+            "price_per_gpu_hour": pool.price_per_gpu_hour,
+            "labels": dict(pool.labels),
+            "gpu_node_size": pool.gpu_node_size,
+            "gpu_node_free": pool.gpu_node_free,
+        }
+        if any(getattr(row, key, None) != value for key, value in values.items()):
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = report.now
+    for name, row in gone.items():
+        del existing[name]
+        await session.delete(row)
+
+
+async def _attempts_of(
+    session: Any, reports: Sequence[Report]
+) -> dict[str, dict[str, AttemptRow]]:
+    """The attempts the reports name, and every live attempt of the dataplanes that sent
+    their full state: all that reconciling the batch may touch, read in one statement;
+    by dataplane, then id."""
+    conditions = []
+    full = sorted({r.dataplane for r in reports if r.full_state})
+    if full:
+        conditions.append(
+            sa.and_(AttemptRow.dataplane.in_(full), AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES))
+        )
+    named = sorted({a.id for r in reports for a in r.reported})
+    if named:
+        conditions.append(AttemptRow.id.in_(named))
+    if not conditions:
+        return {}
+    by_dataplane: dict[str, dict[str, AttemptRow]] = {}
+    for row in await session.scalars(sa.select(AttemptRow).where(sa.or_(*conditions))):
+        by_dataplane.setdefault(row.dataplane, {})[row.id] = row
+    return by_dataplane
+
+
+async def _reconcile(
+    session: Any, report: Report, attempts: dict[str, AttemptRow], jobs: dict[str, JobRow]
+) -> ReportOutcome:
+    """One report against its dataplane's attempts as they stand (after earlier reports
+    of the batch changed them)."""
+    named = {a.id for a in report.reported}
+    mine = {
+        row.id: row
+        for row in attempts.values()
+        if row.id in named or (report.full_state and not AttemptPhase(row.phase).final)
+    }
+    known = {
+        row.id: KnownAttempt(row.id, row.epoch, AttemptPhase(row.phase), row.cancel_requested)
+        for row in mine.values()
+    }
+    if report.pools is not None:
+        # This heartbeat's free GPUs already account for the attempts it lists.
+        for reported in report.reported:
+            if reported.id in mine:
+                mine[reported.id].counted_in_pool = True
+    outcome = ReportOutcome(reconcile(known, report.reported, full_state=report.full_state))
+    for change in outcome.plan.changes:
+        row = mine[change.attempt_id]
+        if await apply_attempt_change(session, row, jobs.get(row.job_id), change, report.now):
+            outcome.changed_jobs.append(row.job_id)
+    for attempt_id in outcome.plan.launch:
+        row = mine[attempt_id]
+        job = jobs.get(row.job_id)
+        if job is not None:
+            outcome.launches.append((attempt_record(row), dict(job.spec)))
+    return outcome

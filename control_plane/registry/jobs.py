@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, NewJob
 from control_plane.registry.database import Database
+from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.rows import add_event, attempt_record, event_record, job_record
 from control_plane.registry.tables import AttemptRow, DataplaneRow, JobEventRow, JobRow
 
@@ -18,46 +20,91 @@ LIVE_ATTEMPT_PHASES = [p.value for p in AttemptPhase if not p.final]
 LIVE_JOB_PHASES = [p.value for p in JobPhase if not p.final]
 
 
+@dataclass(frozen=True)
+class _Submission:
+    """The jobs of one Submit or SubmitBatch call: stored together or not at all."""
+
+    jobs: tuple[NewJob, ...]
+    now: datetime
+
+
 class JobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._submits: GroupCommit[_Submission, list[tuple[JobRecord, bool]]] = GroupCommit(
+            self._store_submissions, name="submits"
+        )
 
     async def submit(self, new: NewJob, now: datetime) -> tuple[JobRecord, bool]:
         """Store a job; returns (job, created). A known client key returns the stored job."""
-        if new.client_key:
-            existing = await self.by_client_key(new.project, new.client_key)
-            if existing is not None:
-                return existing, False
+        [result] = await self.submit_all([new], now)
+        return result
+
+    async def submit_all(
+        self, news: Sequence[NewJob], now: datetime
+    ) -> list[tuple[JobRecord, bool]]:
+        """Store several jobs, all or none, in one transaction shared with the submits that
+        arrive meanwhile (group commit); (job, created) for each, in order."""
+        return await self._submits.write(_Submission(tuple(news), now))
+
+    async def _store_submissions(
+        self, submissions: Sequence[_Submission]
+    ) -> list[list[tuple[JobRecord, bool]] | Exception]:
         try:
-            async with self._db.write() as session:
-                row = JobRow(
-                    id=new.id,
-                    client_key=new.client_key or None,
-                    project=new.project,
-                    domain=new.domain,
-                    name=new.name,
-                    spec=dict(new.spec),
-                    phase=JobPhase.QUEUED.value,
-                    message="waiting for the scheduler",
-                    priority=new.priority,
-                    epoch=0,
-                    retries_used=0,
-                    retry_budget=new.retry_budget,
-                    created_at=now,
-                    updated_at=now,
-                    submitted_by=new.submitted_by,
-                )
-                session.add(row)
-                await session.flush()
-                add_event(session, row, "submitted", "", now)
+            return list(await self._store(submissions))
         except IntegrityError:
-            # A concurrent submit with the same client key won the insert.
-            if new.client_key:
-                existing = await self.by_client_key(new.project, new.client_key)
-                if existing is not None:
-                    return existing, False
-            raise
-        return job_record(row), True
+            # Another control plane stored a job with one of these client keys between our
+            # read and our insert: read again (the keys now answer with its jobs).
+            return list(await self._store(submissions))
+
+    async def _store(
+        self, submissions: Sequence[_Submission]
+    ) -> list[list[tuple[JobRecord, bool]]]:
+        keyed = {(n.project, n.client_key) for s in submissions for n in s.jobs if n.client_key}
+        async with self._db.write() as session:
+            known: dict[tuple[str, str | None], JobRecord] = {}
+            if keyed:
+                # Both columns of the unique index, then the exact pairs (no portable tuple IN).
+                rows = await session.scalars(
+                    sa.select(JobRow).where(
+                        JobRow.project.in_(sorted({project for project, _ in keyed})),
+                        JobRow.client_key.in_(sorted({str(key) for _, key in keyed})),
+                    )
+                )
+                found = [row for row in rows if (row.project, row.client_key) in keyed]
+                attempts: dict[str, list[AttemptRow]] = {}
+                if found:
+                    for attempt in await session.scalars(
+                        sa.select(AttemptRow).where(AttemptRow.job_id.in_([r.id for r in found]))
+                    ):
+                        attempts.setdefault(attempt.job_id, []).append(attempt)
+                for row in found:
+                    known[(row.project, row.client_key)] = job_record(row, attempts.get(row.id))
+            results: list[list[tuple[JobRecord, bool]]] = []
+            jobs: list[dict[str, object]] = []
+            events: list[dict[str, object]] = []
+            for submission in submissions:
+                answers: list[tuple[JobRecord, bool]] = []
+                for new in submission.jobs:
+                    earlier = known.get((new.project, new.client_key)) if new.client_key else None
+                    if earlier is not None:
+                        answers.append((earlier, False))
+                        continue
+                    values = _job_values(new, submission.now)
+                    jobs.append(values)
+                    events.append(
+                        {"job_id": new.id, "at": submission.now, "phase": JobPhase.QUEUED.value,
+                         "attempt_id": None, "kind": "submitted", "message": ""}
+                    )
+                    record = _queued_record(values)
+                    if new.client_key:   # the same key twice in one batch: one job
+                        known[(new.project, new.client_key)] = record
+                    answers.append((record, True))
+                results.append(answers)
+            if jobs:
+                await session.execute(sa.insert(JobRow), jobs)
+                await session.execute(sa.insert(JobEventRow), events)
+        return results
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._db.read() as session:
@@ -161,3 +208,33 @@ class JobStore:
             if row is None:
                 return None
         return await self.get(row.id)
+
+
+def _job_values(new: NewJob, now: datetime) -> dict[str, object]:
+    return {
+        "id": new.id,
+        "client_key": new.client_key or None,
+        "project": new.project,
+        "domain": new.domain,
+        "name": new.name,
+        "spec": dict(new.spec),
+        "phase": JobPhase.QUEUED.value,
+        "message": "waiting for the scheduler",
+        "priority": new.priority,
+        "epoch": 0,
+        "retries_used": 0,
+        "retry_budget": new.retry_budget,
+        "current_attempt_id": None,
+        "dataplane": None,
+        "pool": None,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "submitted_by": new.submitted_by,
+    }
+
+
+def _queued_record(values: dict[str, object]) -> JobRecord:
+    """The record of a job just stored, without reading it back."""
+    return job_record(JobRow(**values))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
@@ -112,10 +113,27 @@ def add_event(
     )
 
 
+async def locked_jobs(session: AsyncSession, job_ids: Iterable[str]) -> dict[str, JobRow]:
+    """The jobs of these ids, locked for update in one statement (in id order, so that
+    two transactions locking overlapping sets never deadlock)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    rows = await session.scalars(
+        sa.select(JobRow).where(JobRow.id.in_(ids)).order_by(JobRow.id).with_for_update()
+    )
+    return {row.id: row for row in rows}
+
+
 async def apply_attempt_change(
-    session: AsyncSession, attempt: AttemptRow, change: AttemptChange, now: datetime
+    session: AsyncSession,
+    attempt: AttemptRow,
+    job: JobRow | None,
+    change: AttemptChange,
+    now: datetime,
 ) -> bool:
-    """Record an attempt's new phase and move its job if it is the job's current attempt.
+    """Record an attempt's new phase and move its job (`job`: the attempt's job, locked by
+    the caller) if it is the job's current attempt.
 
     Returns whether the job changed. A fenced attempt (not the job's current one) is
     recorded for the history but never moves the job.
@@ -139,7 +157,6 @@ async def apply_attempt_change(
         attempt.finished_at = change.finished_at or now
     if change.outputs:
         attempt.outputs = change.outputs
-    job = await session.get(JobRow, attempt.job_id, with_for_update=True)
     if job is None or job.current_attempt_id != attempt.id or job.epoch != attempt.epoch:
         return False
     detail = change.message or change.reason or change.phase.value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -15,8 +15,8 @@ from control_plane.domain.records import AttemptRecord
 from control_plane.domain.usage import AttemptSpan, day_start
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
-from control_plane.registry.rows import add_event, attempt_record
-from control_plane.registry.tables import AttemptRow, JobRow, PoolRow
+from control_plane.registry.rows import attempt_record
+from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow, PoolRow
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,23 @@ class SchedulingStore:
         """Queued jobs, the job's own priority first, then in submit order (the scheduler
         orders each batch by the policy's rule priority)."""
         query = (
-            sa.select(JobRow)
+            sa.select(JobRow.id, JobRow.spec, JobRow.priority, JobRow.created_at, JobRow.message)
             .where(JobRow.phase == JobPhase.QUEUED.value)
             .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
             .limit(limit)
         )
         async with self._db.read() as session:
             return [
-                QueuedJob(row.id, dict(row.spec), row.priority, row.created_at, row.message)
-                for row in await session.scalars(query)
+                QueuedJob(job_id, dict(spec), priority, created_at, message)
+                for job_id, spec, priority, created_at, message in await session.execute(query)
             ]
 
-    async def attempt_spans(self, now: datetime) -> list[AttemptSpan]:
-        """Attempts that hold GPUs now or ran today, with their job's project (for quotas)."""
+    async def attempt_spans(self, now: datetime, projects: Sequence[str]) -> list[AttemptSpan]:
+        """The attempts of these projects (those with quotas) that hold GPUs now or ran
+        today, with their project. Only quota'd projects: the day's attempts of a busy
+        fleet are many, and a pass must not read them all."""
+        if not projects:
+            return []
         query = (
             sa.select(
                 JobRow.project,
@@ -68,6 +72,7 @@ class SchedulingStore:
             )
             .join(JobRow, JobRow.id == AttemptRow.job_id)
             .where(
+                JobRow.project.in_(sorted(projects)),
                 AttemptRow.gpus > 0,
                 sa.or_(
                     AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
@@ -130,40 +135,71 @@ class SchedulingStore:
         """
         created: list[tuple[AttemptRecord, dict[str, Any]]] = []
         async with self._db.write() as session:
+            # One statement locks every job of the plan that is still QUEUED.
+            jobs = {
+                job.id: job
+                for job in await session.scalars(
+                    sa.select(JobRow)
+                    .where(
+                        JobRow.id.in_(sorted(order.job_id for order in orders)),
+                        JobRow.phase == JobPhase.QUEUED.value,
+                    )
+                    .order_by(JobRow.id)
+                    .with_for_update()
+                )
+            } if orders else {}
+            attempts: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
             for order in orders:
-                job = await session.get(JobRow, order.job_id, with_for_update=True)
-                if job is None or job.phase != JobPhase.QUEUED.value:
+                job = jobs.get(order.job_id)
+                if job is None:
                     continue
                 epoch = job.epoch + 1
-                attempt = AttemptRow(
-                    id=f"{job.id}-{epoch}",
-                    job_id=job.id,
-                    epoch=epoch,
-                    dataplane=order.dataplane,
-                    pool=order.pool,
-                    gpus=order.gpus,
-                    phase=AttemptPhase.PENDING.value,
-                    reason="",
-                    message="",
-                    cancel_requested=False,
-                    counted_in_pool=False,
-                    created_at=now,
-                )
-                session.add(attempt)
+                attempt_id = f"{job.id}-{epoch}"
+                attempt: dict[str, Any] = {
+                    "id": attempt_id,
+                    "job_id": job.id,
+                    "epoch": epoch,
+                    "dataplane": order.dataplane,
+                    "pool": order.pool,
+                    "gpus": order.gpus,
+                    "phase": AttemptPhase.PENDING.value,
+                    "reason": "",
+                    "message": "",
+                    "exit_code": None,
+                    "cancel_requested": False,
+                    "preempt_reason": None,
+                    "counted_in_pool": False,
+                    "outputs": None,
+                    "created_at": now,
+                    "started_at": None,
+                    "finished_at": None,
+                }
+                attempts.append(attempt)
                 job.epoch = epoch
                 job.phase = JobPhase.SCHEDULED.value
-                job.current_attempt_id = attempt.id
+                job.current_attempt_id = attempt_id
                 job.dataplane = order.dataplane
                 job.pool = order.pool
                 job.message = order.why
                 job.updated_at = now
-                add_event(session, job, "scheduled", order.why, now, attempt.id)
-                await session.flush()
-                created.append((attempt_record(attempt), dict(job.spec)))
-            for job_id, message in waiting.items():
+                events.append(
+                    {"job_id": job.id, "at": now, "phase": job.phase, "attempt_id": attempt_id,
+                     "kind": "scheduled", "message": order.why}
+                )
+                created.append((attempt_record(AttemptRow(**attempt)), dict(job.spec)))
+            if attempts:
+                await session.execute(sa.insert(AttemptRow), attempts)
+                await session.execute(sa.insert(JobEventRow), events)
+            if waiting:
+                jobs_table = cast(sa.Table, JobRow.__table__)  # Core: an executemany
                 await session.execute(
-                    sa.update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.phase == JobPhase.QUEUED.value)
-                    .values(message=message, updated_at=now)
+                    sa.update(jobs_table)
+                    .where(
+                        jobs_table.c.id == sa.bindparam("job_id"),
+                        jobs_table.c.phase == JobPhase.QUEUED.value,
+                    )
+                    .values(message=sa.bindparam("why"), updated_at=now),
+                    [{"job_id": job_id, "why": why} for job_id, why in waiting.items()],
                 )
         return created

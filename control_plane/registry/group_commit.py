@@ -1,0 +1,94 @@
+"""Group commit: writes that arrive together share one transaction.
+
+A heartbeat, an attempt update or a submit is small; what costs is its transaction (the
+round trips, the commit's flush to disk, the SQLite write lock). One writer task takes
+every write waiting in the queue, applies them in one transaction, and answers each caller
+with its own result, in arrival order. Under light load a batch is one write and nothing
+waits longer than before; under heavy load a batch grows and the commits per second stay
+few. Writes of one caller are applied in the order it made them (one queue, one writer).
+
+A result may be an exception meant for that caller alone (a revoked token, say); an error
+of the whole transaction (the database went away) is raised to every caller of the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+# Enough to amortise a commit, small enough that one batch's transaction stays short.
+MAX_BATCH = 512
+
+
+class GroupCommit(Generic[In, Out]):
+    """Queue writes and apply them in batches with `apply(batch) -> results` (same order;
+    an exception in the results is raised to that caller only)."""
+
+    def __init__(
+        self,
+        apply: Callable[[Sequence[In]], Awaitable[Sequence[Out | BaseException]]],
+        *,
+        max_batch: int = MAX_BATCH,
+        name: str = "group-commit",
+    ) -> None:
+        self._apply = apply
+        self._max_batch = max_batch
+        self._name = name
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def write(self, item: In) -> Out:
+        """Apply one write (in some batch) and return its result."""
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer.done() or self._loop is not loop:
+            # Started on first use, in the caller's loop (tests run several loops in turn).
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._writer = loop.create_task(self._run(self._queue), name=self._name)
+        assert self._queue is not None
+        future: asyncio.Future[Out] = loop.create_future()
+        self._queue.put_nowait((item, future))
+        return await future
+
+    async def _run(self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self._max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            # A caller that gave up (its RPC was cancelled) still has its write applied:
+            # it may already be acknowledged elsewhere, and results are idempotent anyway.
+            try:
+                results = await self._apply([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    if not future.done():
+                        future.cancel()
+                raise
+            except Exception as error:  # the whole transaction failed: everyone hears
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._writer
+        self._writer = None

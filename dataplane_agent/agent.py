@@ -15,6 +15,7 @@ from dataplane_agent.launcher.kube_api import KubeApi, KubeConfigError
 from dataplane_agent.launcher.kube_plan import ClusterSettings
 from dataplane_agent.launcher.kubernetes import KubernetesLauncher
 from dataplane_agent.launcher.process import ProcessLauncher, WorkdirBusy
+from dataplane_agent.metrics import AgentMetrics
 from dataplane_agent.pool_file import PoolFile, PoolFileError, load_pool_file
 from dataplane_agent.settings import AgentSettings
 
@@ -57,10 +58,14 @@ async def serve(
     control plane refuses the agent (1)."""
     stop = stop or asyncio.Event()
     signals = _install_signal_handlers(stop) if handle_signals else []
-    connection = Connection(settings, pool_file, agent_version())
+    metrics = AgentMetrics()
+    connection = Connection(settings, pool_file, agent_version(), metrics)
     dataplane = pool_file.dataplane
     try:
-        async with _launcher(settings, pool_file, connection) as launcher:
+        async with (
+            _launcher(settings, pool_file, connection) as launcher,
+            metrics.serving(settings.metrics_listen, launcher),
+        ):
             log.info("agent for dataplane %s (%s, %s) dialing %s", dataplane.name,
                      dataplane.region, dataplane.cloud, settings.control_plane)
             log.info("Flyte tasks keep their data under %s", launcher.store_prefix)

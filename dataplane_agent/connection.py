@@ -38,6 +38,7 @@ from dataplane_agent import wire
 from dataplane_agent.domain.attempt import AttemptStatus, Phase
 from dataplane_agent.domain.backoff import Backoff
 from dataplane_agent.launcher.base import InvalidAttemptId, Launcher, UnknownAttempt
+from dataplane_agent.metrics import AgentMetrics
 from dataplane_agent.pool_file import PoolFile
 from dataplane_agent.settings import AgentSettings
 
@@ -100,8 +101,12 @@ class _Drain:
 
 
 class Connection:
-    def __init__(self, settings: AgentSettings, pool_file: PoolFile, agent_version: str) -> None:
+    def __init__(
+        self, settings: AgentSettings, pool_file: PoolFile, agent_version: str,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics or AgentMetrics()
         self._pool_file = pool_file
         self._agent_version = agent_version
         self._outbox: Outbox | None = None   # the live session's; None between sessions
@@ -145,6 +150,7 @@ class Connection:
                     # that ended, like any other (the chaos harness found it crashing).
                     problem = str(error) or "the stream ended while writing"
                 _stop_if_cancelled()
+                self._metrics.reconnecting()
                 delay = self._next_delay(backoff)
                 failed = self._targets[self._target]
                 self._target = (self._target + 1) % len(self._targets)
@@ -180,6 +186,7 @@ class Connection:
                 await call.write(hello)
                 welcome = await self._welcome(call)
                 self._welcomed_at = time.monotonic()
+                self._metrics.session_started()
                 interval = wire.seconds(welcome.heartbeat_interval) or DEFAULT_HEARTBEAT_S
                 log.info("connected to %s as dataplane %s (session %s, heartbeat every %gs)",
                          target, self._pool_file.dataplane.name, welcome.session_id, interval)
@@ -200,6 +207,7 @@ class Connection:
                 raise
             finally:
                 self._outbox = None
+                self._metrics.session_ended()
                 call.cancel()
 
     async def _welcome(
@@ -221,7 +229,10 @@ class Connection:
         outbox: Outbox,
     ) -> None:
         while True:
-            await call.write(await outbox.get())
+            message = await outbox.get()
+            await call.write(message)
+            if message.HasField("heartbeat"):
+                self._metrics.heartbeat_sent()
 
     async def _beat(self, launcher: Launcher, outbox: Outbox, interval: float) -> None:
         while True:
@@ -280,7 +291,10 @@ class Connection:
                 message = f"this dataplane is draining ({self._drain.reason or 'no reason given'})"
                 await launcher.reject(request, "Draining", message)
             else:
+                new = not launcher.knows(request.attempt_id)
                 await launcher.launch(request)
+                if new:
+                    self._metrics.launched()
         except InvalidAttemptId as error:
             log.warning("refused a launch: %s", error)
             refused = AttemptStatus(

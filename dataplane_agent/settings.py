@@ -34,6 +34,9 @@ class AgentSettings:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # HOST:PORT where Prometheus scrapes this agent's /metrics (dataplane_agent/metrics.py);
+    # None: no metrics port.
+    metrics_listen: str | None = None
 
 
 def transport_problem(settings: AgentSettings) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import logging
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -36,7 +35,21 @@ class LogLevel(StrEnum):
     error = "error"
 
 
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    text = "text"
+
+
 LogLevelOption = Annotated[LogLevel, typer.Option(help="Log verbosity (logs go to stderr).")]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        envvar="FLEET_LOG_FORMAT",
+        help="json: one JSON object a line (ts, level, logger, message, job_id, ...); "
+        "text: for people; auto: json unless stderr is a terminal.",
+    ),
+]
 JoinTokenOption = Annotated[
     str,
     typer.Option(
@@ -59,11 +72,10 @@ def _path(value: Path | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _configure_logging(level: LogLevel) -> None:
-    logging.basicConfig(
-        level=level.value.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _configure_logging(level: LogLevel, fmt: LogFormat) -> None:
+    from fleet_client.logs import configure_logging
+
+    configure_logging(level.value, fmt.value)
 
 
 def _seconds(span: timedelta | None) -> float | None:
@@ -236,6 +248,7 @@ def control_plane(
         ),
     ] = False,
     log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = LogFormat.auto,
 ) -> None:
     """Run the control plane until SIGINT or SIGTERM."""
     from control_plane import serve
@@ -275,7 +288,7 @@ def control_plane(
     problem = transport_problem(settings)
     if problem is not None:
         raise typer.BadParameter(problem)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     extra_services: list[ServiceInstaller] = []
     if flyte_connector:
         extra_services.append(_flyte_connector_installer(settings))
@@ -313,6 +326,7 @@ def migrate(
         ),
     ],
     log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = LogFormat.auto,
 ) -> None:
     """Apply the database migrations (alembic upgrade head) and print the revision reached.
 
@@ -323,7 +337,7 @@ def migrate(
     from control_plane.registry.database import normalize_url
 
     _check_database_url(db)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
 
     shown = redact(normalize_url(db))
     try:
@@ -443,7 +457,17 @@ def agent(
             help="Plaintext, no TLS: only for a control plane started with --insecure.",
         ),
     ] = False,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            parser=option_parser(parse.parse_host_port),
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (default: none).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = LogFormat.auto,
 ) -> None:
     """Run a dataplane agent: dial the control plane, report capacity, launch its jobs."""
     from dataplane_agent import run_agent  # type: ignore[attr-defined, unused-ignore]
@@ -452,11 +476,11 @@ def agent(
     settings = AgentSettings(
         control_plane=control_plane, pools_file=pools, join_token=join_token, workdir=workdir,
         kubeconfig=kubeconfig, insecure=insecure, tls_ca=tls_ca, tls_cert=tls_cert,
-        tls_key=tls_key,
+        tls_key=tls_key, metrics_listen=metrics_listen,
     )
     problem = transport_problem(settings)
     if problem is not None:
         raise typer.BadParameter(problem)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     exit_code: int = run_agent(settings)
     raise typer.Exit(exit_code)

@@ -70,7 +70,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitRequest, context: Context
     ) -> jobs_pb2.SubmitResponse:
         caller = await self._access.caller(context)
-        new = await self._admit(request, caller, context, "")
+        new = await self._admit(request, caller, context)
         [(job, created)] = await self._jobs.submit_all([new], self._clock.now())
         if created:
             self._scheduler.wake()
@@ -87,7 +87,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 f"jobs: {len(request.jobs)} jobs; a batch has 1 to {MAX_SUBMIT_BATCH}",
             )
         news = [
-            await self._admit(submit, caller, context, f"jobs[{i}]: ")
+            await self._admit(submit, caller, context, f"jobs[{i}]")
             for i, submit in enumerate(request.jobs)
         ]
         stored = await self._jobs.submit_all(news, self._clock.now())
@@ -98,9 +98,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         )
 
     async def _admit(
-        self, request: jobs_pb2.SubmitRequest, caller: Principal, context: Context, where: str
+        self,
+        request: jobs_pb2.SubmitRequest,
+        caller: Principal,
+        context: Context,
+        where: str = "",
     ) -> NewJob:
-        """The job to store for one submit, or the call refused (nothing stored)."""
+        """The job to store for one submit, or the call refused (nothing stored). `where`
+        names the submit in a batch (jobs[3]) in every refusal."""
+        path, at = (where + ".", where + ": ") if where else ("", "")
         spec = types_pb2.JobSpec()
         spec.CopyFrom(request.spec)
         problems = spec_problems(spec, request.client_key)
@@ -108,13 +114,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             await refuse(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{where}invalid job: " + "; ".join(problems),
+                "invalid job: " + "; ".join(path + problem for problem in problems),
             )
         if not caller.may(Action.SUBMIT, spec.project):
             await refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                where + caller.denial(Action.SUBMIT, spec.project),
+                at + caller.denial(Action.SUBMIT, spec.project),
             )
         spec.domain = spec.domain or DEFAULT_DOMAIN
         new = _new_job(spec, request.client_key, caller.describe())
@@ -127,7 +133,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             await refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"{where}no dataplane can ever run this job: {impossible}",
+                f"{at}no dataplane can ever run this job: {impossible}",
             )
         return new
 

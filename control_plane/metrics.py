@@ -68,11 +68,11 @@ from control_plane.registry.fleet_stats import FleetSnapshot, FleetStats
 log = logging.getLogger(__name__)
 
 # Fine from 1 ms to 100 ms, where a heartbeat's p99 lives (a benchmark interpolates the
-# p99 within one bucket: the steps stay about 25% apart), coarse beyond.
+# p99 within one bucket: no step is more than 25% wider), coarse beyond.
 HEARTBEAT_BUCKETS_S = (
-    0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.01,
-    0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1,
-    0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0,
+    0.0005, 0.001, 0.00125, 0.0015, 0.00175, 0.002, 0.0025, 0.003, 0.0035, 0.004, 0.005,
+    0.006, 0.007, 0.008, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05,
+    0.06, 0.07, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0,
 )
 # A job placed by the pass its submit wakes takes milliseconds; one waiting for capacity
 # or quota can wait for hours.

@@ -44,10 +44,12 @@ from control_plane.clock import Clock, SystemClock
 from control_plane.domain.access import ALL_PROJECTS, Role
 from control_plane.domain.health import Timers
 from control_plane.domain.rate_limit import RateLimits
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import (
     AuditLog,
     Database,
     DataplaneStore,
+    FleetStats,
     JobStore,
     JoinTokens,
     KeyStore,
@@ -116,6 +118,7 @@ class RunningControlPlane:
     replica_key_id: str
     agent_port: int = 0   # the mutual-TLS listener for agents (agent_listen), 0 without one
     http: HttpServer | None = None   # /metrics and the dashboard (http_listen), None without
+    metrics: ControlPlaneMetrics | None = None
 
     @property
     def http_port(self) -> int:
@@ -160,6 +163,7 @@ async def start(
     if settings.migrate:
         await database.migrate()
     jobs, dataplanes, policies = JobStore(database), DataplaneStore(database), PolicyStore(database)
+    metrics = ControlPlaneMetrics(FleetStats(database), timers, clock)
     replicas, leadership = ReplicaStore(database), Leadership(database)
     replica_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     keys, tokens, audit_log = KeyStore(database), JoinTokens(database), AuditLog(database)
@@ -197,7 +201,7 @@ async def start(
         JobService(jobs, dataplanes, scheduler, hub, clock, access, relay), server
     )
     web_sources = WebSources(
-        access, jobs, dataplanes, policies, scheduler, hub, relay, clock, timers
+        access, jobs, dataplanes, policies, scheduler, hub, relay, clock, timers, metrics
     )
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaService(hub, access), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
@@ -253,7 +257,7 @@ async def start(
         Path(settings.port_file).write_text(f"{port}\n")
     return RunningControlPlane(
         port, server, database, scheduler, scheduler_task, health_servicer, replica_id,
-        replicas, leadership, relay, keys, replica_key_id, agent_port, http,
+        replicas, leadership, relay, keys, replica_key_id, agent_port, http, metrics,
     )
 
 

@@ -195,6 +195,8 @@ def _wait_with_progress(client: FleetClient, job: types_pb2.Job) -> types_pb2.Jo
             except FleetError:
                 pass  # only the status line needs it; wait() reports a real outage
         progress.phase = event.phase
+        if event.phase == types_pb2.JOB_PHASE_QUEUED:
+            progress.placement = render.NONE  # requeued: its next attempt may go elsewhere
         if event.message:
             progress.message = event.message
         console.print(render.event_line(event), markup=False)

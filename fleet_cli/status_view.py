@@ -8,7 +8,7 @@ scripts. fleet_cli/status.py does the calls and the refreshing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -135,9 +135,11 @@ def build_snapshot(
     queue_cap: int,
     placed: Iterable[types_pb2.Job],
     now: datetime,
-    recent: int = 10,
+    reasons: Mapping[str, str] | None = None,
 ) -> StatusSnapshot:
-    """The snapshot from the control plane's answers, taken at `now`."""
+    """The snapshot from the control plane's answers, taken at `now`. `placed` are the
+    jobs to show as placements (newest_placed picks them); `reasons` holds, by job id, the
+    placement reason of a running job (the control plane clears its message once it runs)."""
     statuses = [
         DataplaneStatus(
             name=dataplane.name,
@@ -167,7 +169,7 @@ def build_snapshot(
         taken_at=now,
         dataplanes=tuple(statuses),
         queue=queue_status(queued, queue_capped, queue_cap),
-        placements=tuple(_placement(job) for job in _newest(placed, recent)),
+        placements=tuple(_placement(job, (reasons or {}).get(job.id, "")) for job in placed),
     )
 
 
@@ -189,12 +191,13 @@ def _since(job: types_pb2.Job) -> datetime | None:
     return _moment(job.started_at) or _moment(job.updated_at) or _moment(job.created_at)
 
 
-def _newest(jobs: Iterable[types_pb2.Job], count: int) -> list[types_pb2.Job]:
+def newest_placed(jobs: Iterable[types_pb2.Job], count: int) -> list[types_pb2.Job]:
+    """The `count` jobs started or placed last, newest first."""
     floor = datetime.min.replace(tzinfo=UTC)
     return sorted(jobs, key=lambda job: _since(job) or floor, reverse=True)[:count]
 
 
-def _placement(job: types_pb2.Job) -> Placement:
+def _placement(job: types_pb2.Job, reason: str) -> Placement:
     return Placement(
         job_id=job.id,
         project=job.spec.project,
@@ -202,7 +205,7 @@ def _placement(job: types_pb2.Job) -> Placement:
         phase=render.job_phase_word(job.phase),
         dataplane=job.dataplane,
         pool=job.pool,
-        message=job.message,
+        message=job.message or reason,
         since=_since(job),
     )
 
@@ -245,11 +248,10 @@ def _health_text(dataplane: DataplaneStatus, now: datetime) -> Text:
     return Text(word, style=HEALTH_STYLES.get(dataplane.health, ""))
 
 
-def _tiers_table(tiers: Sequence[TierStatus]) -> Table:
-    table = Table(
-        title="GPUs by tier (healthy dataplanes)", title_justify="left", title_style="bold",
-        box=None, show_header=False, pad_edge=False,
-    )  # fmt: skip
+def _tiers_view(tiers: Sequence[TierStatus]) -> RenderableType:
+    if not tiers:
+        return Text("GPUs by tier: no healthy dataplane reports any")
+    table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column()
     table.add_column(no_wrap=True)
     table.add_column(justify="right")
@@ -261,17 +263,17 @@ def _tiers_table(tiers: Sequence[TierStatus]) -> Table:
             Text(f"{tier.gpu_used}/{tier.gpu_total} used"),
             Text(f"{tier.gpu_free} free"),
         )
-    return table
+    return _titled("GPUs by tier (healthy dataplanes)", table)
 
 
-def _dataplanes_table(dataplanes: Sequence[DataplaneStatus], now: datetime) -> Table:
+def _dataplanes_view(dataplanes: Sequence[DataplaneStatus], now: datetime) -> RenderableType:
     """One row per pool, under a row per region (dataplanes come sorted by region)."""
     health: dict[str, int] = {}
     for dataplane in dataplanes:
         health[dataplane.health] = health.get(dataplane.health, 0) + 1
     order = [*HEALTH_STYLES, *sorted(set(health) - set(HEALTH_STYLES))]
     counts = ", ".join(f"{health[word]} {word}" for word in order if word in health)
-    table = _table(f"dataplanes by region ({counts})")
+    table = _table()
     # Names stay whole; health and state (with an operator's reason) wrap when narrow.
     table.add_column("dataplane", no_wrap=True)
     table.add_column("health", min_width=7)
@@ -303,14 +305,16 @@ def _dataplanes_table(dataplanes: Sequence[DataplaneStatus], now: datetime) -> T
                 Text(f"{pool.gpu_used}/{pool.gpu_total}"),
                 Text(str(pool.gpu_free)),
             )
-    return table
+    return _titled(f"dataplanes by region ({counts})", table)
 
 
-def _table(title: str) -> Table:
-    return Table(
-        title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-        show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
-    )  # fmt: skip
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+
+
+def _titled(title: str, table: Table) -> Group:
+    # A line of its own: a table's own title would wrap at the table's width.
+    return Group(Text(title, style="bold"), table)
 
 
 def _queue_view(queue: QueueStatus, now: datetime) -> RenderableType:
@@ -320,7 +324,7 @@ def _queue_view(queue: QueueStatus, now: datetime) -> RenderableType:
     title = f"queue: {count_text(queue.total, queue.capped)} {jobs} waiting"
     if queue.capped:
         title += f" (counted up to {queue.cap:,})"
-    table = _table(title)
+    table = _table()
     table.add_column("project")
     table.add_column("queued", justify="right")
     table.add_column("oldest wait", justify="right")
@@ -331,13 +335,20 @@ def _queue_view(queue: QueueStatus, now: datetime) -> RenderableType:
             Text(count_text(project.queued, queue.capped)),
             Text(f"{wait}+" if queue.capped else wait),
         )
-    return table
+    return _titled(title, table)
+
+
+def placement_reason(placement: Placement) -> str:
+    """The scheduler's message without its 'placed on DATAPLANE/POOL: ' (the where column
+    says it)."""
+    prefix = f"placed on {placement.dataplane}/{placement.pool}: "
+    return placement.message.removeprefix(prefix)
 
 
 def _placements_view(placements: Sequence[Placement], now: datetime) -> RenderableType:
     if not placements:
         return Text("recent placements: no job is scheduled or running")
-    table = _table("recent placements")
+    table = _table()
     for column in ("job", "project", "name", "phase", "where", "for"):
         table.add_column(column)
     table.add_column("why", overflow="fold")
@@ -349,9 +360,9 @@ def _placements_view(placements: Sequence[Placement], now: datetime) -> Renderab
             Text(placement.phase),
             Text(render.placement_text(placement.dataplane, placement.pool)),
             Text(_ago(placement.since, now)),
-            Text(placement.message or NONE),
+            Text(placement_reason(placement) or NONE),
         )
-    return table
+    return _titled("recent placements", table)
 
 
 def status_view(
@@ -370,8 +381,7 @@ def status_view(
     if not snapshot.dataplanes:
         parts.append(Text("no dataplanes yet (fleet dataplanes add)"))
     else:
-        parts.append(_tiers_table(snapshot.tiers) if snapshot.tiers else Text("no healthy GPUs"))
-        parts += [Text(""), _dataplanes_table(snapshot.dataplanes, now)]
+        parts += [_tiers_view(snapshot.tiers), Text(""), _dataplanes_view(snapshot.dataplanes, now)]
     parts += [Text(""), _queue_view(snapshot.queue, now)]
     parts += [Text(""), _placements_view(snapshot.placements, now)]
     return Group(*parts)

@@ -3,10 +3,10 @@
 The jobs and attempts tables grow without bound (finished rows stay for history), so every
 query here touches live rows only, through an index:
 
-- jobs per live phase: ``ix_jobs_phase_priority`` (phase first), counted from the index;
+- jobs per live phase: a range of ``ix_jobs_phase_priority`` (phase first);
 - queued jobs per project: the same index, ``phase = 'queued'``, then those rows' project;
 - live attempts per dataplane: ``ix_attempts_dataplane_phase`` (dataplane, phase), both
-  columns given, counted from the index.
+  columns given (tests/metrics checks the plans on SQLite and Postgres).
 
 The dataplanes and pools tables are small (one row per dataplane and per pool) and are read
 whole. Nothing here groups over finished jobs or attempts.

@@ -170,11 +170,13 @@ class _Routes:
 
     async def job_list(self, request: web.Request) -> web.StreamResponse:
         """As JobService.List: newest first, keyset paging with the same tokens."""
+        caller = await self._caller(request, Action.READ)
         try:
             query = views.job_query({k: request.query.getall(k) for k in request.query})
         except views.BadRequest as error:
             raise ApiError(400, str(error)) from None
-        caller = await self._caller(request, Action.READ, query.project)
+        if not caller.may(Action.READ, query.project):
+            raise ApiError(403, caller.denial(Action.READ, query.project))
         jobs = await self._s.jobs.list_jobs(
             project=query.project,
             projects=None if caller.all_projects else sorted(caller.projects),

@@ -413,7 +413,8 @@
       el("h1", { text: job.id }), badge(job.phase),
       el("span", { class: "muted", text: `${job.project} / ${job.domain}${job.name ? " / " + job.name : ""}` })));
     const spec = job.spec;
-    const item = (label, value) => [el("dt", { text: label }), el("dd", null, value === "" || value === null ? "—" : value)];
+    const item = (label, value) => el("div", null,
+      el("dt", { text: label }), el("dd", null, value === "" || value === null ? "—" : value));
     const resources = `${spec.gpus} GPU${spec.gpus === 1 ? "" : "s"}${spec.gpu_model ? " × " + spec.gpu_model : ""}` +
       (spec.min_gpu_memory_gb ? `, ≥ ${spec.min_gpu_memory_gb} GB` : "");
     facts.replaceChildren(
@@ -435,7 +436,13 @@
           item("Labels", Object.entries(spec.labels).map(([k, v]) => `${k}=${v}`).join(", ")),
           item("Environment", spec.env_names.join(", ")),
           item("Timeout", spec.timeout)),
-        el("dl", { class: "facts" }, item("Command", el("code", { text: spec.command.join(" ") })))));
+        el("dl", { class: "facts wide" },
+          item("Command", el("pre", { class: "doc command", text: spec.command.map(shellQuoted).join(" ") })))));
+  }
+
+  // An argument as a shell would need it, so the command reads as it was given.
+  function shellQuoted(arg) {
+    return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'"'"'`)}'`;
   }
 
   function attemptTable(attempts) {
@@ -490,14 +497,18 @@
     const history = el("div", { id: "policy-history" });
     const root = el("div", null, el("h1", { text: "Routing policy" }), shown,
       el("div", { class: "section-head" }, el("h2", { text: "History" })), history);
+    let shownKey = "";
     return {
       title: "Policy",
       root,
-      live: false,
+      live: true,
       async refresh(current) {
         const data = await api("/api/policy");
         const chosen = version ? await api(`/api/policy/versions/${encodeURIComponent(version)}`) : data.current;
-        if (!current()) return;
+        // Drawn again only when a version was applied: a reader keeps their place.
+        const key = JSON.stringify([data.history.map((v) => v.version), chosen && chosen.version]);
+        if (!current() || key === shownKey) return;
+        shownKey = key;
         const currentVersion = data.current ? data.current.version : 0;
         if (!chosen) {
           shown.replaceChildren(el("div", { class: "panel" },

@@ -36,6 +36,7 @@ from control_plane.domain.policy import (
 )
 from control_plane.domain.records import DataplaneRecord, PoolRecord
 from control_plane.domain.usage import usage_by_project
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import (
     DataplaneStore,
     Leadership,
@@ -72,7 +73,9 @@ class Scheduler:
         leadership: Leadership | None = None,
         interval_s: float = 1.0,
         batch: int = 1000,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         # Replicas on one database: only the leader runs passes (None: this one always).
         self._leadership = leadership
         self._leading = False
@@ -257,10 +260,23 @@ class Scheduler:
             )
         if not orders and not waiting:
             return 0, 0, False
-        created = await self._scheduling.apply(orders, waiting, self._clock.now())
+        now = self._clock.now()
+        created = await self._scheduling.apply(orders, waiting, now)
         for attempt, spec in created:
             self._hub.send(attempt.dataplane, launch_message(attempt, spec))
-            log.info("placed %s on %s/%s", attempt.id, attempt.dataplane, attempt.pool)
+            # Per job at debug: at thousands of placements a second, the pass line says it.
+            log.debug(
+                "placed %s on %s/%s", attempt.id, attempt.dataplane, attempt.pool,
+                extra={"job_id": attempt.job_id, "attempt_id": attempt.id,
+                       "dataplane": attempt.dataplane},
+            )
+        if created:
+            log.info("placed %d jobs, %d wait", len(created), len(queued) - len(created))
+        if self._metrics is not None:
+            submitted_at = {job.job_id: job.created_at for job in queued}
+            self._metrics.placed(
+                (now - submitted_at[attempt.job_id]).total_seconds() for attempt, _ in created
+            )
         self._hub.notify_jobs(attempt.job_id for attempt, _ in created)
         return len(created), len(queued) - len(created), len(queued) == self._batch
 
@@ -295,5 +311,7 @@ class Scheduler:
         changed = await self._dataplanes.expire(lost, now, now - self._timers.lost_after)
         if changed:
             log.warning("dataplanes %s lost: %d jobs requeued or failed", lost, len(changed))
+            if self._metrics is not None:
+                self._metrics.attempts_ended("lost", "DataplaneLost", len(changed))
             self._hub.notify_jobs(changed)
         return len(changed)

@@ -192,13 +192,14 @@ async def start(
         timers,
         leadership=leadership,
         interval_s=settings.schedule_interval_s,
+        metrics=metrics,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorTranslation()]
     if settings.tls_client_ca:
         interceptors.append(AgentCertificates())
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(
-        JobService(jobs, dataplanes, scheduler, hub, clock, access, relay), server
+        JobService(jobs, dataplanes, scheduler, hub, clock, access, relay, metrics), server
     )
     web_sources = WebSources(
         access, jobs, dataplanes, policies, scheduler, hub, relay, clock, timers, metrics
@@ -214,6 +215,7 @@ async def start(
             heartbeat_interval=timedelta(seconds=settings.heartbeat_interval_s),
             replicas=replicas,
             replica_id=replica_id,
+            metrics=metrics,
         ),
         server,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from control_plane.api.peer import check_agent_peer
 from control_plane.api.validation import agent_message_problems, check, hello_problems, joined
 from control_plane.clock import Clock
 from control_plane.domain.records import PoolRecord
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome, TokenRevoked
 from control_plane.scheduler import Scheduler
 from control_plane.sessions import AgentSession, SessionHub
@@ -62,7 +64,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         heartbeat_interval: timedelta,
         replicas: ReplicaStore,
         replica_id: str,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._replicas = replicas
         self._replica_id = replica_id
         self._dataplanes = dataplanes
@@ -196,6 +200,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             reported = [reported_from_proto(s) for s in statuses]
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
+        started = time.perf_counter()
         try:
             # Revocation is checked in the report's own transaction: no extra read a beat.
             outcome: ReportOutcome = await self._dataplanes.apply_report(
@@ -204,6 +209,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         except TokenRevoked as error:
             raise RevokedError(str(error)) from error
+        if self._metrics is not None:
+            self._metrics.heartbeat_handled(time.perf_counter() - started)
+            for phase, reason in outcome.ended:
+                self._metrics.attempts_ended(phase, reason)
         for attempt, spec in outcome.launches:
             session.send(launch_message(attempt, spec))
         for attempt_id in outcome.plan.cancel:

@@ -29,6 +29,7 @@ from control_plane.domain.access import Action, Principal
 from control_plane.domain.limits import MAX_PAGE, MAX_SUBMIT_BATCH
 from control_plane.domain.phases import JobPhase
 from control_plane.domain.records import JobRecord, NewJob
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import DataplaneStore, JobStore
 from control_plane.relay import RELAYED_HEADER, Relay
 from control_plane.scheduler import Scheduler
@@ -57,7 +58,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         clock: Clock,
         access: Access,
         relay: Relay | None = None,
+        metrics: ControlPlaneMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._access = access
         self._relay = relay
         self._jobs = jobs
@@ -73,7 +76,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         new = await self._admit(request, caller, context)
         [(job, created)] = await self._jobs.submit_all([new], self._clock.now())
         if created:
-            self._scheduler.wake()
+            self._accepted(1)
         return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
 
     async def SubmitBatch(
@@ -91,11 +94,16 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             for i, submit in enumerate(request.jobs)
         ]
         stored = await self._jobs.submit_all(news, self._clock.now())
-        if any(created for _, created in stored):
-            self._scheduler.wake()
+        self._accepted(sum(created for _, created in stored))
         return jobs_pb2.SubmitBatchResponse(
             jobs=[jobs_pb2.SubmitResponse(job=job_to_proto(j), created=c) for j, c in stored]
         )
+
+    def _accepted(self, count: int) -> None:
+        if count:
+            self._scheduler.wake()
+            if self._metrics is not None:
+                self._metrics.submitted(count)
 
     async def _admit(
         self,

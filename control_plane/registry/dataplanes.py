@@ -37,6 +37,8 @@ class ReportOutcome:
     # Attempts to launch again, with their job's spec.
     launches: list[tuple[AttemptRecord, Mapping[str, Any]]] = field(default_factory=list)
     changed_jobs: list[str] = field(default_factory=list)
+    # (phase, reason) of each attempt this report ended, as recorded (for metrics).
+    ended: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -365,8 +367,11 @@ async def _reconcile(
     outcome = ReportOutcome(reconcile(known, report.reported, full_state=report.full_state))
     for change in outcome.plan.changes:
         row = mine[change.attempt_id]
+        was_final = AttemptPhase(row.phase).final
         if await apply_attempt_change(session, row, jobs.get(row.job_id), change, report.now):
             outcome.changed_jobs.append(row.job_id)
+        if not was_final and AttemptPhase(row.phase).final:
+            outcome.ended.append((row.phase, row.reason))
     for attempt_id in outcome.plan.launch:
         row = mine[attempt_id]
         job = jobs.get(row.job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -19,16 +19,24 @@ from control_plane.domain.reconcile import (
     reconcile,
 )
 from control_plane.domain.records import AttemptRecord, DataplaneRecord, PoolRecord
+from control_plane.registry.attempt_states import (
+    ATTEMPTS,
+    JOBS,
+    AttemptState,
+    JobState,
+    apply_attempt_change,
+    lock_jobs,
+    read_attempts,
+    write_changes,
+)
 from control_plane.registry.database import Database
 from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
-from control_plane.registry.rows import (
-    apply_attempt_change,
-    attempt_record,
-    locked_jobs,
-    pool_record,
-)
-from control_plane.registry.tables import AttemptRow, DataplaneRow, JobRow, PoolRow
+from control_plane.registry.rows import attempt_record, pool_record
+from control_plane.registry.tables import AttemptRow, DataplaneRow, PoolRow
+
+DATAPLANES = cast(sa.Table, DataplaneRow.__table__)
+POOLS = cast(sa.Table, PoolRow.__table__)
 
 
 @dataclass
@@ -109,47 +117,56 @@ class DataplaneStore:
         return await self._reports.write(report)
 
     async def _apply_reports(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
-        """One transaction for a batch of reports, with a few statements for all of them."""
+        """One transaction for a batch of reports, with a few statements for all of them
+        (SQLAlchemy Core: this is the hottest write path; see attempt_states.py)."""
         results: list[ReportOutcome | Exception] = []
         async with self._db.write() as session:
             names = sorted({r.dataplane for r in reports})
             # Locked first, in name order: the lost timer (expire), a cancel and a drain
             # take the same locks in the same order, so none of them acts on these
             # attempts meanwhile and none deadlocks with another.
-            dps = {
-                row.name: row
-                for row in await session.scalars(
-                    sa.select(DataplaneRow)
-                    .where(DataplaneRow.name.in_(names))
-                    .order_by(DataplaneRow.name)
+            revoked: dict[str, datetime | None] = {
+                name: at
+                for name, at in await session.execute(
+                    sa.select(DATAPLANES.c.name, DATAPLANES.c.token_revoked_at)
+                    .where(DATAPLANES.c.name.in_(names))
+                    .order_by(DATAPLANES.c.name)
                     .with_for_update()
                 )
             }
-            with_pools = sorted({r.dataplane for r in reports if r.pools is not None})
-            pool_rows: dict[str, dict[str, PoolRow]] = {name: {} for name in with_pools}
-            if with_pools:
-                for row in await session.scalars(
-                    sa.select(PoolRow).where(PoolRow.dataplane.in_(with_pools))
-                ):
-                    pool_rows[row.dataplane][row.name] = row
+            pools = await _PoolWrites.read(session, [r for r in reports if r.pools is not None])
             attempts = await _attempts_of(session, reports)
-            jobs = await locked_jobs(
-                session, (row.job_id for rows in attempts.values() for row in rows.values())
+            jobs = await lock_jobs(
+                session, (a.job_id for on_dp in attempts.values() for a in on_dp.values())
             )
+            events: list[dict[str, Any]] = []
+            heard: dict[str, datetime] = {}
             for report in reports:
-                dp = dps.get(report.dataplane)
-                if dp is None:
+                if report.dataplane not in revoked:
                     results.append(LookupError(f"dataplane {report.dataplane} is not registered"))
-                elif report.refuse_revoked and dp.token_revoked_at is not None:
+                elif report.refuse_revoked and revoked[report.dataplane] is not None:
                     results.append(
                         TokenRevoked(f"the join token of {report.dataplane!r} was revoked")
                     )
                 else:
-                    dp.last_heartbeat_at = report.now
+                    heard[report.dataplane] = report.now
                     if report.pools is not None:
-                        await _replace_pools(session, pool_rows[report.dataplane], report)
+                        pools.apply(report)
                     on_dataplane = attempts.get(report.dataplane, {})
-                    results.append(await _reconcile(session, report, on_dataplane, jobs))
+                    results.append(await _reconcile(session, report, on_dataplane, jobs, events))
+            if heard:
+                await session.execute(
+                    sa.update(DATAPLANES)
+                    .where(DATAPLANES.c.name == sa.bindparam("key"))
+                    .values(last_heartbeat_at=sa.bindparam("heard")),
+                    [{"key": name, "heard": at} for name, at in heard.items()],
+                )
+            await pools.write(session)
+            await write_changes(
+                session, (a for on_dp in attempts.values() for a in on_dp.values()),
+                jobs.values(), events,
+            )
+            await _add_specs(session, [r for r in results if isinstance(r, ReportOutcome)])
         return results
 
     async def expire(
@@ -175,25 +192,26 @@ class DataplaneStore:
                 )
                 if row.last_heartbeat_at is None or row.last_heartbeat_at < heard_before
             ]
-            rows = await session.scalars(
-                sa.select(AttemptRow)
-                .where(
-                    AttemptRow.dataplane.in_(silent),
-                    AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
-                )
-                .with_for_update()
+            lost = await read_attempts(
+                session,
+                sa.and_(
+                    ATTEMPTS.c.dataplane.in_(silent), ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES)
+                ),
+                lock=True,
             )
-            lost = list(rows)
-            jobs = await locked_jobs(session, (row.job_id for row in lost))
-            for row in lost:
+            jobs = await lock_jobs(session, (attempt.job_id for attempt in lost))
+            events: list[dict[str, Any]] = []
+            for attempt in lost:
                 change = AttemptChange(
-                    row.id,
+                    attempt.id,
                     AttemptPhase.LOST,
                     "DataplaneLost",
-                    f"dataplane {row.dataplane} went silent",
+                    f"dataplane {attempt.dataplane} went silent",
                 )
-                if await apply_attempt_change(session, row, jobs.get(row.job_id), change, now):
-                    changed.append(row.job_id)
+                job = jobs.get(attempt.job_id)
+                if await apply_attempt_change(session, attempt, job, change, now, events):
+                    changed.append(attempt.job_id)
+            await write_changes(session, lost, jobs.values(), events)
         return changed
 
     async def list_dataplanes(self) -> list[DataplaneRecord]:
@@ -287,43 +305,99 @@ class DataplaneStore:
 
 
 
-async def _replace_pools(session: Any, existing: dict[str, PoolRow], report: Report) -> None:
-    """Make the dataplane's pool rows what the heartbeat says; a row is written only when
-    something in it changed (a heartbeat is mostly the same as the one before)."""
-    assert report.pools is not None
-    gone = dict(existing)
-    for pool in report.pools:
-        row = gone.pop(pool.name, None)
-        if row is None:
-            row = PoolRow(dataplane=report.dataplane, name=pool.name)
-            session.add(row)
-            existing[pool.name] = row
-        values = {
-            "region": pool.region,
-            "cloud": pool.cloud,
-            "purchase_type": pool.purchase_type.value,
-            "gpu_model": pool.gpu_model,
-            "gpu_memory_gb": pool.gpu_memory_gb,
-            "gpu_total": pool.gpu_total,
-            "gpu_free": pool.gpu_free,
-            "interconnect": pool.interconnect,
-            "price_per_gpu_hour": pool.price_per_gpu_hour,
-            "labels": dict(pool.labels),
-            "gpu_node_size": pool.gpu_node_size,
-            "gpu_node_free": pool.gpu_node_free,
-        }
-        if any(getattr(row, key, None) != value for key, value in values.items()):
-            for key, value in values.items():
-                setattr(row, key, value)
-            row.updated_at = report.now
-    for name, row in gone.items():
-        del existing[name]
-        await session.delete(row)
+_POOL_COLUMNS = [
+    "region", "cloud", "purchase_type", "gpu_model", "gpu_memory_gb", "gpu_total", "gpu_free",
+    "interconnect", "price_per_gpu_hour", "labels", "gpu_node_size", "gpu_node_free",
+]
+
+
+def _pool_values(pool: PoolRecord) -> dict[str, Any]:
+    return {
+        "region": pool.region,
+        "cloud": pool.cloud,
+        "purchase_type": pool.purchase_type.value,
+        "gpu_model": pool.gpu_model,
+        "gpu_memory_gb": pool.gpu_memory_gb,
+        "gpu_total": pool.gpu_total,
+        "gpu_free": pool.gpu_free,
+        "interconnect": pool.interconnect,
+        "price_per_gpu_hour": pool.price_per_gpu_hour,
+        "labels": dict(pool.labels),
+        "gpu_node_size": pool.gpu_node_size,
+        "gpu_node_free": pool.gpu_node_free,
+    }
+
+
+@dataclass
+class _PoolWrites:
+    """The pools of the batch's dataplanes as stored, and what the heartbeats change: a row
+    is written only when something in it changed (most heartbeats repeat the last one)."""
+
+    stored: dict[str, dict[str, dict[str, Any]]]   # dataplane -> pool -> column values
+    changed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    added: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    gone: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    async def read(cls, session: Any, reports: Sequence[Report]) -> _PoolWrites:
+        names = sorted({r.dataplane for r in reports})
+        stored: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+        if names:
+            query = sa.select(
+                POOLS.c.dataplane, POOLS.c.name, *(POOLS.c[c] for c in _POOL_COLUMNS)
+            ).where(POOLS.c.dataplane.in_(names))
+            for dataplane, name, *values in await session.execute(query):
+                stored[dataplane][name] = dict(zip(_POOL_COLUMNS, values, strict=True))
+        return cls(stored)
+
+    def apply(self, report: Report) -> None:
+        assert report.pools is not None
+        stored = self.stored[report.dataplane]
+        reported = {pool.name: _pool_values(pool) for pool in report.pools}
+        for name, values in reported.items():
+            key = (report.dataplane, name)
+            if stored.get(name) != values:
+                # A row is inserted only if the database has none (not one the batch
+                # removed, nor one it added already): else it is updated.
+                row = {**values, "updated_at": report.now}
+                if key in self.added or (name not in stored and key not in self.gone):
+                    self.added[key] = row
+                else:
+                    self.changed[key] = row
+            self.gone.discard(key)
+            stored[name] = values
+        for name in [name for name in stored if name not in reported]:
+            key = (report.dataplane, name)
+            del stored[name]
+            self.changed.pop(key, None)
+            if self.added.pop(key, None) is None:
+                self.gone.add(key)
+
+    async def write(self, session: Any) -> None:
+        for dataplane, name in sorted(self.gone):
+            await session.execute(
+                sa.delete(POOLS).where(POOLS.c.dataplane == dataplane, POOLS.c.name == name)
+            )
+        if self.changed:
+            await session.execute(
+                sa.update(POOLS)
+                .where(POOLS.c.dataplane == sa.bindparam("key_dp"),
+                       POOLS.c.name == sa.bindparam("key_name"))
+                .values({c: sa.bindparam(c) for c in [*_POOL_COLUMNS, "updated_at"]}),
+                [{"key_dp": dp, "key_name": name, **values}
+                 for (dp, name), values in self.changed.items()],
+            )
+        if self.added:
+            await session.execute(
+                sa.insert(POOLS),
+                [{"dataplane": dp, "name": name, **values}
+                 for (dp, name), values in self.added.items()],
+            )
 
 
 async def _attempts_of(
     session: Any, reports: Sequence[Report]
-) -> dict[str, dict[str, AttemptRow]]:
+) -> dict[str, dict[str, AttemptState]]:
     """The attempts the reports name, and every live attempt of the dataplanes that sent
     their full state: all that reconciling the batch may touch, read in one statement;
     by dataplane, then id."""
@@ -331,50 +405,72 @@ async def _attempts_of(
     full = sorted({r.dataplane for r in reports if r.full_state})
     if full:
         conditions.append(
-            sa.and_(AttemptRow.dataplane.in_(full), AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES))
+            sa.and_(ATTEMPTS.c.dataplane.in_(full), ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES))
         )
     named = sorted({a.id for r in reports for a in r.reported})
     if named:
-        conditions.append(AttemptRow.id.in_(named))
+        conditions.append(ATTEMPTS.c.id.in_(named))
     if not conditions:
         return {}
-    by_dataplane: dict[str, dict[str, AttemptRow]] = {}
-    for row in await session.scalars(sa.select(AttemptRow).where(sa.or_(*conditions))):
-        by_dataplane.setdefault(row.dataplane, {})[row.id] = row
+    by_dataplane: dict[str, dict[str, AttemptState]] = {}
+    for attempt in await read_attempts(session, sa.or_(*conditions)):
+        by_dataplane.setdefault(attempt.dataplane, {})[attempt.id] = attempt
     return by_dataplane
 
 
 async def _reconcile(
-    session: Any, report: Report, attempts: dict[str, AttemptRow], jobs: dict[str, JobRow]
+    session: Any,
+    report: Report,
+    attempts: dict[str, AttemptState],
+    jobs: dict[str, JobState],
+    events: list[dict[str, Any]],
 ) -> ReportOutcome:
     """One report against its dataplane's attempts as they stand (after earlier reports
     of the batch changed them)."""
     named = {a.id for a in report.reported}
     mine = {
-        row.id: row
-        for row in attempts.values()
-        if row.id in named or (report.full_state and not AttemptPhase(row.phase).final)
+        attempt.id: attempt
+        for attempt in attempts.values()
+        if attempt.id in named or (report.full_state and not AttemptPhase(attempt.phase).final)
     }
     known = {
-        row.id: KnownAttempt(row.id, row.epoch, AttemptPhase(row.phase), row.cancel_requested)
-        for row in mine.values()
+        a.id: KnownAttempt(a.id, a.epoch, AttemptPhase(a.phase), a.cancel_requested)
+        for a in mine.values()
     }
     if report.pools is not None:
         # This heartbeat's free GPUs already account for the attempts it lists.
         for reported in report.reported:
-            if reported.id in mine:
-                mine[reported.id].counted_in_pool = True
+            attempt = mine.get(reported.id)
+            if attempt is not None and not attempt.counted_in_pool:
+                attempt.counted_in_pool = attempt.dirty = True
     outcome = ReportOutcome(reconcile(known, report.reported, full_state=report.full_state))
     for change in outcome.plan.changes:
-        row = mine[change.attempt_id]
-        was_final = AttemptPhase(row.phase).final
-        if await apply_attempt_change(session, row, jobs.get(row.job_id), change, report.now):
-            outcome.changed_jobs.append(row.job_id)
-        if not was_final and AttemptPhase(row.phase).final:
-            outcome.ended.append((row.phase, row.reason))
+        attempt = mine[change.attempt_id]
+        was_final = AttemptPhase(attempt.phase).final
+        job = jobs.get(attempt.job_id)
+        if await apply_attempt_change(session, attempt, job, change, report.now, events):
+            outcome.changed_jobs.append(attempt.job_id)
+        if not was_final and AttemptPhase(attempt.phase).final:
+            outcome.ended.append((attempt.phase, attempt.reason))
     for attempt_id in outcome.plan.launch:
-        row = mine[attempt_id]
-        job = jobs.get(row.job_id)
-        if job is not None:
-            outcome.launches.append((attempt_record(row), dict(job.spec)))
+        outcome.launches.append((mine[attempt_id].record(), {}))
     return outcome
+
+
+async def _add_specs(session: Any, outcomes: Sequence[ReportOutcome]) -> None:
+    """The job specs of the attempts to launch again (read only for those: specs are big)."""
+    job_ids = sorted({attempt.job_id for o in outcomes for attempt, _ in o.launches})
+    if not job_ids:
+        return
+    specs: dict[str, Any] = {
+        job_id: spec
+        for job_id, spec in await session.execute(
+            sa.select(JOBS.c.id, JOBS.c.spec).where(JOBS.c.id.in_(job_ids))
+        )
+    }
+    for outcome in outcomes:
+        outcome.launches = [
+            (attempt, dict(specs[attempt.job_id]))
+            for attempt, _ in outcome.launches
+            if attempt.job_id in specs
+        ]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import replace
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.domain.cordon import DRAINED_REASON
-from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType, job_after_attempt
-from control_plane.domain.reconcile import AttemptChange
+from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType
 from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, PoolRecord
 from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow, PoolRow
 
@@ -111,87 +106,3 @@ def add_event(
             message=message,
         )
     )
-
-
-async def locked_jobs(session: AsyncSession, job_ids: Iterable[str]) -> dict[str, JobRow]:
-    """The jobs of these ids, locked for update in one statement (in id order, so that
-    two transactions locking overlapping sets never deadlock)."""
-    ids = sorted(set(job_ids))
-    if not ids:
-        return {}
-    rows = await session.scalars(
-        sa.select(JobRow).where(JobRow.id.in_(ids)).order_by(JobRow.id).with_for_update()
-    )
-    return {row.id: row for row in rows}
-
-
-async def apply_attempt_change(
-    session: AsyncSession,
-    attempt: AttemptRow,
-    job: JobRow | None,
-    change: AttemptChange,
-    now: datetime,
-) -> bool:
-    """Record an attempt's new phase and move its job (`job`: the attempt's job, locked by
-    the caller) if it is the job's current attempt.
-
-    Returns whether the job changed. A fenced attempt (not the job's current one) is
-    recorded for the history but never moves the job.
-    """
-    if AttemptPhase(attempt.phase).final:
-        return False   # an ended attempt never changes again (whatever raced to report it)
-    if change.phase is AttemptPhase.CANCELLED and attempt.preempt_reason is not None:
-        # Stopped by the control plane to take the capacity away: a free retry elsewhere.
-        change = replace(
-            change, phase=AttemptPhase.PREEMPTED, reason=DRAINED_REASON,
-            message=attempt.preempt_reason,
-        )
-    attempt.phase = change.phase.value
-    attempt.reason = change.reason or attempt.reason
-    attempt.message = change.message or attempt.message
-    if change.exit_code is not None:
-        attempt.exit_code = change.exit_code
-    if change.phase is AttemptPhase.RUNNING or (change.phase.final and change.started_at):
-        attempt.started_at = attempt.started_at or change.started_at or now
-    if change.phase.final:
-        attempt.finished_at = change.finished_at or now
-    if change.outputs:
-        attempt.outputs = change.outputs
-    if job is None or job.current_attempt_id != attempt.id or job.epoch != attempt.epoch:
-        return False
-    detail = change.message or change.reason or change.phase.value
-    step = job_after_attempt(
-        JobPhase(job.phase), job.retries_used, job.retry_budget, change.phase, detail
-    )
-    if step is None:
-        return False
-    message = step.message
-    if step.phase is JobPhase.FAILED:
-        earlier = await session.scalars(
-            sa.select(AttemptRow).where(AttemptRow.job_id == job.id, AttemptRow.id != attempt.id)
-        )
-        message += attempt_history([*earlier, attempt])
-    job.phase = step.phase.value
-    job.retries_used = step.retries_used
-    job.message = message if step.phase is not JobPhase.RUNNING else ""
-    job.updated_at = now
-    if step.phase is JobPhase.RUNNING:
-        job.started_at = job.started_at or attempt.started_at or now
-    if step.phase.final:
-        job.finished_at = now
-    if step.phase is JobPhase.QUEUED:
-        job.current_attempt_id = None
-    add_event(session, job, step.event, message, now, attempt.id)
-    return True
-
-
-def attempt_history(attempts: list[AttemptRow]) -> str:
-    """'; attempts: 1 lost on us-east (DataplaneLost), 2 failed on eu (exit code 3)' for a
-    job that failed after retries; empty for a job that had one attempt."""
-    if len(attempts) < 2:
-        return ""
-    parts = [
-        f"{row.epoch} {row.phase} on {row.dataplane} ({row.message or row.reason or '-'})"
-        for row in sorted(attempts, key=lambda a: a.epoch)
-    ]
-    return "; attempts: " + ", ".join(parts)

@@ -23,8 +23,10 @@ from control_plane.domain.reconcile import AttemptChange
 from control_plane.domain.records import AttemptRecord
 from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow
 
+# The Core tables: inserts and executemany updates on them skip the ORM's bulk machinery.
 ATTEMPTS = cast(sa.Table, AttemptRow.__table__)
 JOBS = cast(sa.Table, JobRow.__table__)
+JOB_EVENTS = cast(sa.Table, JobEventRow.__table__)
 
 
 @dataclass(slots=True)
@@ -120,7 +122,7 @@ async def write_changes(
     await _write(session, ATTEMPTS, _ATTEMPT_WRITES, [a for a in attempts if a.dirty])
     await _write(session, JOBS, _JOB_WRITES, [j for j in jobs if j.dirty])
     if events:
-        await session.execute(sa.insert(JobEventRow), list(events))
+        await session.execute(sa.insert(JOB_EVENTS), list(events))
 
 
 async def _write(

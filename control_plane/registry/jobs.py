@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, NewJob
+from control_plane.registry.attempt_states import JOB_EVENTS, JOBS
 from control_plane.registry.database import Database
 from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.rows import add_event, attempt_record, event_record, job_record
@@ -102,8 +103,8 @@ class JobStore:
                     answers.append((record, True))
                 results.append(answers)
             if jobs:
-                await session.execute(sa.insert(JobRow), jobs)
-                await session.execute(sa.insert(JobEventRow), events)
+                await session.execute(sa.insert(JOBS), jobs)
+                await session.execute(sa.insert(JOB_EVENTS), events)
         return results
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -13,10 +13,11 @@ from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.placement import PoolKey
 from control_plane.domain.records import AttemptRecord
 from control_plane.domain.usage import AttemptSpan, day_start
+from control_plane.registry.attempt_states import ATTEMPTS, JOB_EVENTS, JOBS
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
 from control_plane.registry.rows import attempt_record
-from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow, PoolRow
+from control_plane.registry.tables import AttemptRow, JobRow, PoolRow
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class SchedulingStore:
         """Queued jobs, the job's own priority first, then in submit order (the scheduler
         orders each batch by the policy's rule priority)."""
         query = (
-            sa.select(JobRow.id, JobRow.spec, JobRow.priority, JobRow.created_at, JobRow.message)
-            .where(JobRow.phase == JobPhase.QUEUED.value)
-            .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+            sa.select(JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message)
+            .where(JOBS.c.phase == JobPhase.QUEUED.value)
+            .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
             .limit(limit)
         )
         async with self._db.read() as session:
@@ -135,30 +136,33 @@ class SchedulingStore:
         """
         created: list[tuple[AttemptRecord, dict[str, Any]]] = []
         async with self._db.write() as session:
-            # One statement locks every job of the plan that is still QUEUED.
-            jobs = {
-                job.id: job
-                for job in await session.scalars(
-                    sa.select(JobRow)
+            # One statement locks every job of the plan that is still QUEUED (Core: the
+            # scheduler's writes are as hot as the agents').
+            jobs: dict[str, tuple[int, Any]] = {}
+            if orders:
+                query = (
+                    sa.select(JOBS.c.id, JOBS.c.epoch, JOBS.c.spec)
                     .where(
-                        JobRow.id.in_(sorted(order.job_id for order in orders)),
-                        JobRow.phase == JobPhase.QUEUED.value,
+                        JOBS.c.id.in_(sorted(order.job_id for order in orders)),
+                        JOBS.c.phase == JobPhase.QUEUED.value,
                     )
-                    .order_by(JobRow.id)
+                    .order_by(JOBS.c.id)
                     .with_for_update()
                 )
-            } if orders else {}
+                rows = await session.execute(query)
+                jobs = {job_id: (epoch, spec) for job_id, epoch, spec in rows}
             attempts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
             for order in orders:
-                job = jobs.get(order.job_id)
-                if job is None:
+                if order.job_id not in jobs:
                     continue
-                epoch = job.epoch + 1
-                attempt_id = f"{job.id}-{epoch}"
+                previous_epoch, spec = jobs[order.job_id]
+                epoch = previous_epoch + 1
+                attempt_id = f"{order.job_id}-{epoch}"
                 attempt: dict[str, Any] = {
                     "id": attempt_id,
-                    "job_id": job.id,
+                    "job_id": order.job_id,
                     "epoch": epoch,
                     "dataplane": order.dataplane,
                     "pool": order.pool,
@@ -176,28 +180,38 @@ class SchedulingStore:
                     "finished_at": None,
                 }
                 attempts.append(attempt)
-                job.epoch = epoch
-                job.phase = JobPhase.SCHEDULED.value
-                job.current_attempt_id = attempt_id
-                job.dataplane = order.dataplane
-                job.pool = order.pool
-                job.message = order.why
-                job.updated_at = now
-                events.append(
-                    {"job_id": job.id, "at": now, "phase": job.phase, "attempt_id": attempt_id,
-                     "kind": "scheduled", "message": order.why}
+                updates.append(
+                    {"key": order.job_id, "epoch": epoch, "attempt": attempt_id,
+                     "dataplane": order.dataplane, "pool": order.pool, "why": order.why}
                 )
-                created.append((attempt_record(AttemptRow(**attempt)), dict(job.spec)))
+                events.append(
+                    {"job_id": order.job_id, "at": now, "phase": JobPhase.SCHEDULED.value,
+                     "attempt_id": attempt_id, "kind": "scheduled", "message": order.why}
+                )
+                created.append((attempt_record(AttemptRow(**attempt)), dict(spec)))
             if attempts:
-                await session.execute(sa.insert(AttemptRow), attempts)
-                await session.execute(sa.insert(JobEventRow), events)
-            if waiting:
-                jobs_table = cast(sa.Table, JobRow.__table__)  # Core: an executemany
+                await session.execute(sa.insert(ATTEMPTS), attempts)
                 await session.execute(
-                    sa.update(jobs_table)
+                    sa.update(JOBS)
+                    .where(JOBS.c.id == sa.bindparam("key"))
+                    .values(
+                        epoch=sa.bindparam("epoch"),
+                        phase=JobPhase.SCHEDULED.value,
+                        current_attempt_id=sa.bindparam("attempt"),
+                        dataplane=sa.bindparam("dataplane"),
+                        pool=sa.bindparam("pool"),
+                        message=sa.bindparam("why"),
+                        updated_at=now,
+                    ),
+                    updates,
+                )
+                await session.execute(sa.insert(JOB_EVENTS), events)
+            if waiting:
+                await session.execute(
+                    sa.update(JOBS)
                     .where(
-                        jobs_table.c.id == sa.bindparam("job_id"),
-                        jobs_table.c.phase == JobPhase.QUEUED.value,
+                        JOBS.c.id == sa.bindparam("job_id"),
+                        JOBS.c.phase == JobPhase.QUEUED.value,
                     )
                     .values(message=sa.bindparam("why"), updated_at=now),
                     [{"job_id": job_id, "why": why} for job_id, why in waiting.items()],

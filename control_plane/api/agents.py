@@ -38,6 +38,8 @@ from control_plane.wire import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+# Messages of one agent read ahead while earlier ones are applied (then the stream waits).
+REPORTS_IN_FLIGHT = 256
 CONTROL_PLANE_VERSION = "0.1.0"
 
 
@@ -167,26 +169,50 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         session: AgentSession,
         hello: agent_pb2.Hello,
     ) -> None:
+        """Handle the agent's messages in order. Messages that arrived while earlier ones
+        were being applied are handled together: their reports go into the registry's same
+        group commit instead of one transaction after the other (an agent finishing many
+        attempts at once is not held to one report per commit)."""
+        inbox: asyncio.Queue[agent_pb2.AgentMessage | None] = asyncio.Queue(REPORTS_IN_FLIGHT)
+        receiver = asyncio.create_task(_receive(request_iterator, inbox))
         try:
-            async for message in request_iterator:
-                if problems := joined(agent_message_problems(message)):
-                    raise ProtocolError(problems)
-                kind = message.WhichOneof("body")
-                if kind == "heartbeat":
-                    pools = _pools(hello, message.heartbeat)
-                    await self._report(session, pools, message.heartbeat.attempts, full_state=True)
-                elif kind == "attempt_update":
-                    await self._report(
-                        session, None, [message.attempt_update.status], full_state=False
-                    )
-                elif kind == "log_chunk":
-                    self._hub.deliver_log(clipped_log_chunk(message.log_chunk))
-                else:
-                    raise ProtocolError(f"{kind or 'message'}: not allowed after the hello")
-        except DecodeError as error:   # bytes that are no AgentMessage: not the database's fault
-            raise ProtocolError(f"message: {error}") from error
+            ended = False
+            while not ended:
+                batch = [await inbox.get()]
+                while not inbox.empty() and len(batch) < REPORTS_IN_FLIGHT:
+                    batch.append(inbox.get_nowait())
+                messages = [m for m in batch if m is not None]
+                ended = len(messages) < len(batch)
+                # Started in order, so their reports reach the group commit in order.
+                handling = [
+                    asyncio.create_task(self._handle(m, session, hello)) for m in messages
+                ]
+                try:
+                    for task in handling:
+                        await task
+                finally:
+                    for task in handling:
+                        task.cancel()
+            await receiver   # the stream's own end: raises what broke it
         finally:
+            receiver.cancel()
             session.close("agent closed the stream")
+
+    async def _handle(
+        self, message: agent_pb2.AgentMessage, session: AgentSession, hello: agent_pb2.Hello
+    ) -> None:
+        if problems := joined(agent_message_problems(message)):
+            raise ProtocolError(problems)
+        kind = message.WhichOneof("body")
+        if kind == "heartbeat":
+            pools = _pools(hello, message.heartbeat)
+            await self._report(session, pools, message.heartbeat.attempts, full_state=True)
+        elif kind == "attempt_update":
+            await self._report(session, None, [message.attempt_update.status], full_state=False)
+        elif kind == "log_chunk":
+            self._hub.deliver_log(clipped_log_chunk(message.log_chunk))
+        else:
+            raise ProtocolError(f"{kind or 'message'}: not allowed after the hello")
 
     async def _report(
         self,
@@ -223,6 +249,26 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self._hub.notify_jobs(outcome.changed_jobs)
         if outcome.changed_jobs or pools is not None:
             self._scheduler.wake()
+
+
+async def _receive(
+    request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+    inbox: asyncio.Queue[agent_pb2.AgentMessage | None],
+) -> None:
+    """Move the stream's messages into the inbox (waiting when it is full: flow control
+    reaches the agent); None when the stream ends."""
+    try:
+        async for message in request_iterator:
+            await inbox.put(message)
+    except asyncio.CancelledError:
+        raise
+    except DecodeError as error:   # bytes that are no AgentMessage: not the database's fault
+        await inbox.put(None)
+        raise ProtocolError(f"message: {error}") from error
+    except Exception:
+        await inbox.put(None)
+        raise
+    await inbox.put(None)
 
 
 def _pools(hello: agent_pb2.Hello, heartbeat: agent_pb2.Heartbeat) -> list[PoolRecord]:

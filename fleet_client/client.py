@@ -192,6 +192,16 @@ class FleetClient:
         request = jobs_pb2.SubmitRequest(spec=spec, client_key=client_key)
         return self._unary(self._jobs.Submit, request)
 
+    def submit_batch(
+        self, jobs: Sequence[tuple[types_pb2.JobSpec, str]]
+    ) -> list[jobs_pb2.SubmitResponse]:
+        """Submit up to 1000 (spec, client_key) pairs in one call and one transaction: all
+        are stored or none; answers in the same order (each idempotent by its key)."""
+        request = jobs_pb2.SubmitBatchRequest(
+            jobs=[jobs_pb2.SubmitRequest(spec=spec, client_key=key) for spec, key in jobs]
+        )
+        return list(self._unary(self._jobs.SubmitBatch, request).jobs)
+
     def get(self, job_id: str) -> types_pb2.Job:
         return self._unary(self._jobs.Get, jobs_pb2.GetJobRequest(job_id=job_id))
 

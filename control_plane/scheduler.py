@@ -155,7 +155,9 @@ class Scheduler:
     async def _tick(self) -> PassResult:
         records = await self._dataplanes.list_dataplanes()
         expired = await self._expire_lost(records)
-        await self._preempt_drained()
+        now = self._clock.now()
+        if any(r.drain_deadline is not None and r.drain_deadline <= now for r in records):
+            await self._preempt_drained()
         placed, waiting = 0, 0
         while True:
             placed_now, waiting_now, full = await self._place_batch(records)
@@ -229,11 +231,14 @@ class Scheduler:
         return version, place(demand, views, ledger, policy, await self.quota_usage(policy))
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
+        queued = await self._scheduling.queued(self._batch)
+        if not queued:
+            return 0, 0, False
         _, policy = await self.current_policy()
+        self._remember_pools(records, policy)
         views = self.views(records)
         ledger = ledger_for(*await self._scheduling.capacity())
         usage = await self.quota_usage(policy)
-        queued = await self._scheduling.queued(self._batch)
         jobs = sorted(
             ((demand_from_json(job.job_id, job.spec), job) for job in queued),
             key=lambda pair: queue_key(policy, pair[0], pair[1].priority, pair[1].created_at),

@@ -247,7 +247,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             session.send(agent_pb2.ControlMessage(forget=agent_pb2.Forget(attempt_id=attempt_id)))
         if outcome.changed_jobs:
             self._hub.notify_jobs(outcome.changed_jobs)
-        if outcome.changed_jobs or pools is not None:
+        # Only news wakes the scheduler: a heartbeat that repeats the last one (most do)
+        # leaves the pass to its interval, or thousands of agents would run it nonstop.
+        if outcome.changed_jobs or outcome.pools_changed:
             self._scheduler.wake()
 
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from control_plane.domain.cordon import drain_message
-from control_plane.domain.phases import AttemptPhase
+from control_plane.domain.phases import AttemptPhase, PurchaseType
 from control_plane.domain.reconcile import (
     AttemptChange,
     KnownAttempt,
@@ -32,7 +32,7 @@ from control_plane.registry.attempt_states import (
 from control_plane.registry.database import Database
 from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
-from control_plane.registry.rows import attempt_record, pool_record
+from control_plane.registry.rows import attempt_record
 from control_plane.registry.tables import AttemptRow, DataplaneRow, PoolRow
 
 DATAPLANES = cast(sa.Table, DataplaneRow.__table__)
@@ -47,6 +47,8 @@ class ReportOutcome:
     changed_jobs: list[str] = field(default_factory=list)
     # (phase, reason) of each attempt this report ended, as recorded (for metrics).
     ended: list[tuple[str, str]] = field(default_factory=list)
+    # Whether the dataplane's pools changed (capacity, shape): the scheduler should look.
+    pools_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,11 @@ class DataplaneStore:
                     )
                 else:
                     heard[report.dataplane] = report.now
-                    if report.pools is not None:
-                        pools.apply(report)
+                    changed = report.pools is not None and pools.apply(report)
                     on_dataplane = attempts.get(report.dataplane, {})
-                    results.append(await _reconcile(session, report, on_dataplane, jobs, events))
+                    outcome = await _reconcile(session, report, on_dataplane, jobs, events)
+                    outcome.pools_changed = changed
+                    results.append(outcome)
             if heard:
                 await session.execute(
                     sa.update(DATAPLANES)
@@ -215,36 +218,44 @@ class DataplaneStore:
         return changed
 
     async def list_dataplanes(self) -> list[DataplaneRecord]:
+        """Every dataplane with its pools and live attempt count (Core: the scheduler reads
+        this every pass, for thousands of dataplanes)."""
+        dataplane_columns = [
+            "name", "region", "cloud", "labels", "agent_version", "last_heartbeat_at",
+            "cordoned_at", "cordon_reason", "drain_deadline", "stream_replica",
+        ]
+        pool_columns = ["dataplane", "name", *_POOL_COLUMNS]
         async with self._db.read() as session:
-            dataplanes = list(
-                await session.scalars(sa.select(DataplaneRow).order_by(DataplaneRow.name))
+            dataplanes = await session.execute(
+                sa.select(*(DATAPLANES.c[c] for c in dataplane_columns))
+                .order_by(DATAPLANES.c.name)
             )
-            pools = list(await session.scalars(sa.select(PoolRow).order_by(PoolRow.name)))
+            rows = [dict(zip(dataplane_columns, row, strict=True)) for row in dataplanes]
+            pools = await session.execute(
+                sa.select(*(POOLS.c[c] for c in pool_columns)).order_by(POOLS.c.name)
+            )
+            by_dataplane: dict[str, list[PoolRecord]] = {}
+            for row in pools:
+                values = dict(zip(pool_columns, row, strict=True))
+                by_dataplane.setdefault(values["dataplane"], []).append(
+                    PoolRecord(
+                        **{**values, "purchase_type": PurchaseType(values["purchase_type"]),
+                           "labels": dict(values["labels"])}
+                    )
+                )
             counts = await session.execute(
-                sa.select(AttemptRow.dataplane, sa.func.count())
-                .where(AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES))
-                .group_by(AttemptRow.dataplane)
+                sa.select(ATTEMPTS.c.dataplane, sa.func.count())
+                .where(ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES))
+                .group_by(ATTEMPTS.c.dataplane)
             )
             active = {dataplane: int(count) for dataplane, count in counts}
-        by_dataplane: dict[str, list[PoolRecord]] = {}
-        for pool in pools:
-            by_dataplane.setdefault(pool.dataplane, []).append(pool_record(pool))
         return [
             DataplaneRecord(
-                name=row.name,
-                region=row.region,
-                cloud=row.cloud,
-                labels=dict(row.labels),
-                agent_version=row.agent_version,
-                last_heartbeat_at=row.last_heartbeat_at,
-                pools=tuple(by_dataplane.get(row.name, [])),
-                active_attempts=int(active.get(row.name, 0)),
-                cordoned_at=row.cordoned_at,
-                cordon_reason=row.cordon_reason,
-                drain_deadline=row.drain_deadline,
-                stream_replica=row.stream_replica,
+                **{**row, "labels": dict(row["labels"])},
+                pools=tuple(by_dataplane.get(row["name"], [])),
+                active_attempts=active.get(row["name"], 0),
             )
-            for row in dataplanes
+            for row in rows
         ]
 
     async def cordon(
@@ -350,13 +361,16 @@ class _PoolWrites:
                 stored[dataplane][name] = dict(zip(_POOL_COLUMNS, values, strict=True))
         return cls(stored)
 
-    def apply(self, report: Report) -> None:
+    def apply(self, report: Report) -> bool:
+        """Take the heartbeat's pools; whether anything in them changed."""
         assert report.pools is not None
         stored = self.stored[report.dataplane]
+        changed = False
         reported = {pool.name: _pool_values(pool) for pool in report.pools}
         for name, values in reported.items():
             key = (report.dataplane, name)
             if stored.get(name) != values:
+                changed = True
                 # A row is inserted only if the database has none (not one the batch
                 # removed, nor one it added already): else it is updated.
                 row = {**values, "updated_at": report.now}
@@ -368,10 +382,12 @@ class _PoolWrites:
             stored[name] = values
         for name in [name for name in stored if name not in reported]:
             key = (report.dataplane, name)
+            changed = True
             del stored[name]
             self.changed.pop(key, None)
             if self.added.pop(key, None) is None:
                 self.gone.add(key)
+        return changed
 
     async def write(self, session: Any) -> None:
         for dataplane, name in sorted(self.gone):

@@ -6,28 +6,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.domain.phases import AttemptPhase, JobPhase, PurchaseType
-from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, PoolRecord
-from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow, PoolRow
-
-
-def pool_record(row: PoolRow) -> PoolRecord:
-    return PoolRecord(
-        dataplane=row.dataplane,
-        name=row.name,
-        region=row.region,
-        cloud=row.cloud,
-        purchase_type=PurchaseType(row.purchase_type),
-        gpu_model=row.gpu_model,
-        gpu_memory_gb=row.gpu_memory_gb,
-        gpu_total=row.gpu_total,
-        gpu_free=row.gpu_free,
-        interconnect=row.interconnect,
-        price_per_gpu_hour=row.price_per_gpu_hour,
-        labels=dict(row.labels),
-        gpu_node_size=row.gpu_node_size,
-        gpu_node_free=row.gpu_node_free,
-    )
+from control_plane.domain.phases import AttemptPhase, JobPhase
+from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord
+from control_plane.registry.tables import AttemptRow, JobEventRow, JobRow
 
 
 def attempt_record(row: AttemptRow) -> AttemptRecord:

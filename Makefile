@@ -59,8 +59,9 @@ typecheck: venv
 	$(BIN)/mypy
 
 # Benchmarks print figures and append them to bench/RESULTS.md; they assert nothing.
-bench: venv
+bench: venv postgres
 	$(BIN)/python bench/placement.py
+	$(BIN)/python bench/fleet_bench.py --size full --record
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache

@@ -1,4 +1,4 @@
-"""Many simulated agents in one asyncio process, for bench/fleet.py.
+"""Many simulated agents in one asyncio process, for bench/fleet_bench.py.
 
 Each agent is the real `dataplane_agent.connection.Connection`: its own gRPC channel and
 stream to the control plane, its own Hello, heartbeats and attempt updates. Only the
@@ -88,8 +88,9 @@ class LaunchLog:
 
 class SimulatedLauncher:
     """The Launcher protocol (dataplane_agent/launcher/base.py) without processes: one pool
-    of `gpus` GPUs; an attempt runs at once if it fits (else it is refused, as a pool
-    that is full never gets more than its free GPUs placed) and succeeds after delay_s."""
+    of `gpus` GPUs; every launch is RUNNING at once (the control plane places no more than
+    the free GPUs reported) and SUCCEEDED after delay_s. Ended attempts are reported until
+    the control plane says to forget them, as the real launchers do."""
 
     def __init__(
         self, agent: str, gpus: int, model: str, delay_s: float, launch_log: LaunchLog,

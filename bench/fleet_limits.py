@@ -1,4 +1,4 @@
-"""The machine's own limits, measured by bench/fleet.py in the same run as the fleet, so
+"""The machine's own limits, measured by bench/fleet_bench.py in the same run as the fleet, so
 that every fleet figure can be read as a fraction of what this machine can do at all:
 
 - Postgres: single-row INSERT commits a second with 16 clients (psycopg 3, one connection
@@ -63,7 +63,9 @@ async def postgres_insert_rate(conninfo: str, seconds: float, clients: int = 16)
 async def grpc_echo_rate(address: str, seconds: float, in_flight: int = 64) -> float:
     """Unary calls a second against the echo server, `in_flight` calls at a time."""
     async with grpc.aio.insecure_channel(address) as channel:
-        echo = channel.unary_unary(ECHO_METHOD)   # bytes in, bytes out
+        # No serializers: bytes in, bytes out.
+        echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            ECHO_METHOD)
         await echo(PAYLOAD, timeout=10)           # connected before the clock starts
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds

@@ -1,4 +1,4 @@
-"""The pieces bench/fleet.py drives: control planes as `fleet` subprocesses (the chaos
+"""The pieces bench/fleet_bench.py drives: control planes as `fleet` subprocesses (the chaos
 harness's Part), hosts of simulated agents (bench/fleet_agents.py) spoken to over their
 stdin and stdout, the agents' launch logs, the registry read directly with psycopg, and
 the control plane's CPU, RSS and Prometheus histograms read from /proc and /metrics.
@@ -73,7 +73,10 @@ async def start_control_plane(
     part = control_plane_part(0, folder, pg.url(database), timers, env)
     metrics_url = None
     if metrics:
-        http = f"127.0.0.1:{free_port()}"
+        taken = control_plane_address(part)
+        http = taken
+        while http == taken:   # free_port() may hand out the gRPC port again
+            http = f"127.0.0.1:{free_port()}"
         part.args += ["--http-listen", http]
         metrics_url = f"http://{http}/metrics"
     part.start()
@@ -269,6 +272,40 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of the process so far (/proc/PID/stat utime + stime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def with_children(pid: int) -> list[int]:
+    """The process and its children now (Postgres: the postmaster and its backends)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    return pids
+
+
+class CpuShares:
+    """Who used the CPU while a phase ran, as shares of one core. Each name's processes
+    are given at the start; one that ends meanwhile is left out of its sum."""
+
+    def __init__(self, processes: dict[str, list[int]]) -> None:
+        self.processes = processes
+        self.started = time.monotonic()
+        self.before = self._now()
+
+    def _now(self) -> dict[int, float]:
+        seconds = {}
+        for pid in {pid for pids in self.processes.values() for pid in pids}:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                seconds[pid] = cpu_seconds(pid)
+        return seconds
+
+    def text(self) -> str:
+        elapsed = time.monotonic() - self.started
+        after = self._now()
+        used = {name: sum(after[p] - self.before[p] for p in pids
+                          if p in after and p in self.before)
+                for name, pids in self.processes.items()}
+        return ", ".join(f"{name} {cpu / elapsed:.0%}" for name, cpu in used.items())
 
 
 def rss_bytes(pid: int) -> int:

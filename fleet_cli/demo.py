@@ -235,6 +235,7 @@ def _wait_for_dataplanes(fleet: LocalFleet, client: FleetClient, console: Consol
             except FleetError:
                 ready = []
             if len(ready) == len(DATAPLANES):
+                console.print(f"dashboard: {fleet.http_url}   metrics: {fleet.http_url}metrics")
                 return
             time.sleep(0.2)
     raise TimeoutError("the agents did not connect within 60 s")

@@ -92,10 +92,16 @@ class Scheduler:
         self._suspended_logged = False
         self._policies = policies
         self._policy: tuple[int, Policy] = (0, DEFAULT_POLICY)
+        self._records: list[DataplaneRecord] | None = None
+        self._fleet_read_at = 0.0
+        self._fleet_changed = True
         # What submits check a job against (never_fits): (taken at, pools, policy).
         self._submit_cache: tuple[float, list[PoolRecord], Policy] | None = None
 
-    def wake(self) -> None:
+    def wake(self, *, fleet_changed: bool = True) -> None:
+        """Run a pass soon. fleet_changed=False (new jobs, an attempt that ended): the
+        dataplanes themselves did not change, so the pass may reuse their last reading."""
+        self._fleet_changed = self._fleet_changed or fleet_changed
         self._wake.set()
 
     @property
@@ -153,7 +159,7 @@ class Scheduler:
             return await self._tick()
 
     async def _tick(self) -> PassResult:
-        records = await self._dataplanes.list_dataplanes()
+        records = await self._fleet()
         expired = await self._expire_lost(records)
         now = self._clock.now()
         if any(r.drain_deadline is not None and r.drain_deadline <= now for r in records):
@@ -165,13 +171,27 @@ class Scheduler:
             waiting += waiting_now
             if not full or placed_now == 0:
                 break
-            records = await self._dataplanes.list_dataplanes()
+            records = await self._fleet(refresh=True)
         return PassResult(placed, waiting, expired)
 
-    async def current_policy(self) -> tuple[int, Policy]:
-        """The policy in force and its version. A pass reads it once, so every decision of
-        the pass uses one version; documents are parsed once per version."""
-        version = await self._policies.current_version()
+    async def _fleet(self, *, refresh: bool = False) -> list[DataplaneRecord]:
+        """The dataplanes as the pass sees them. Read again when the fleet changed (a
+        dataplane joined or left, pools changed, a cordon) and at least every interval
+        (heartbeat ages, other replicas' agents); a pass woken by submits alone reuses
+        them. Free capacity is read fresh by every pass regardless (pass_inputs)."""
+        stale = time.monotonic() - self._fleet_read_at >= self._interval_s
+        if refresh or stale or self._fleet_changed or self._records is None:
+            self._fleet_changed = False
+            self._fleet_read_at = time.monotonic()
+            self._records = await self._dataplanes.list_dataplanes()
+        return self._records
+
+    async def current_policy(self, version: int | None = None) -> tuple[int, Policy]:
+        """The policy in force and its version (`version`: already read by the caller). A
+        pass reads it once, so every decision of the pass uses one version; documents are
+        parsed once per version."""
+        if version is None:
+            version = await self._policies.current_version()
         if version != self._policy[0]:
             record = await self._policies.get(version)
             try:
@@ -231,13 +251,14 @@ class Scheduler:
         return version, place(demand, views, ledger, policy, await self.quota_usage(policy))
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
-        queued = await self._scheduling.queued(self._batch)
+        inputs = await self._scheduling.pass_inputs(self._batch)
+        queued = inputs.queued
         if not queued:
             return 0, 0, False
-        _, policy = await self.current_policy()
+        _, policy = await self.current_policy(inputs.policy_version)
         self._remember_pools(records, policy)
         views = self.views(records)
-        ledger = ledger_for(*await self._scheduling.capacity())
+        ledger = ledger_for(inputs.free, inputs.holds)
         usage = await self.quota_usage(policy)
         jobs = sorted(
             ((demand_from_json(job.job_id, job.spec), job) for job in queued),

@@ -250,7 +250,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Only news wakes the scheduler: a heartbeat that repeats the last one (most do)
         # leaves the pass to its interval, or thousands of agents would run it nonstop.
         if outcome.changed_jobs or outcome.pools_changed:
-            self._scheduler.wake()
+            self._scheduler.wake(fleet_changed=outcome.pools_changed)
 
 
 async def _receive(

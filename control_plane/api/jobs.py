@@ -101,7 +101,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
 
     def _accepted(self, count: int) -> None:
         if count:
-            self._scheduler.wake()
+            self._scheduler.wake(fleet_changed=False)
             if self._metrics is not None:
                 self._metrics.submitted(count)
 

@@ -17,7 +17,7 @@ from control_plane.registry.attempt_states import ATTEMPTS, JOB_EVENTS, JOBS
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
 from control_plane.registry.rows import attempt_record
-from control_plane.registry.tables import AttemptRow, JobRow, PoolRow
+from control_plane.registry.tables import AttemptRow, JobRow, PolicyVersionRow, PoolRow
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class QueuedJob:
     priority: int  # the job's own priority (the policy's rule priority comes first)
     created_at: datetime
     message: str
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    queued: list[QueuedJob]
+    policy_version: int
+    free: dict[PoolKey, int]
+    holds: dict[PoolKey, int]
 
 
 @dataclass(frozen=True)
@@ -45,17 +53,8 @@ class SchedulingStore:
     async def queued(self, limit: int) -> list[QueuedJob]:
         """Queued jobs, the job's own priority first, then in submit order (the scheduler
         orders each batch by the policy's rule priority)."""
-        query = (
-            sa.select(JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message)
-            .where(JOBS.c.phase == JobPhase.QUEUED.value)
-            .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
-            .limit(limit)
-        )
         async with self._db.read() as session:
-            return [
-                QueuedJob(job_id, dict(spec), priority, created_at, message)
-                for job_id, spec, priority, created_at, message in await session.execute(query)
-            ]
+            return await _queued(session, limit)
 
     async def attempt_spans(self, now: datetime, projects: Sequence[str]) -> list[AttemptSpan]:
         """The attempts of these projects (those with quotas) that hold GPUs now or ran
@@ -96,35 +95,20 @@ class SchedulingStore:
         the pool's free count changes only with the next heartbeat, which also marks the
         attempt counted, in the same transaction.
         """
-        held = (
-            sa.select(
-                AttemptRow.dataplane,
-                AttemptRow.pool,
-                sa.func.sum(AttemptRow.gpus).label("gpus"),
-            )
-            .where(
-                AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
-                AttemptRow.counted_in_pool.is_(False),
-            )
-            .group_by(AttemptRow.dataplane, AttemptRow.pool)
-            .subquery()
-        )
-        # A job runs on one node: what one job can get is the most free on any one node.
-        # (CASE, not least()/min(): SQLite and Postgres spell those differently; NULL: one machine.)
-        usable = sa.case(
-            (PoolRow.gpu_node_free < PoolRow.gpu_free, PoolRow.gpu_node_free),
-            else_=PoolRow.gpu_free,
-        )
-        query = sa.select(
-            PoolRow.dataplane, PoolRow.name, usable, sa.func.coalesce(held.c.gpus, 0)
-        ).outerjoin(
-            held, sa.and_(held.c.dataplane == PoolRow.dataplane, held.c.pool == PoolRow.name)
-        )
         async with self._db.read() as session:
-            rows = (await session.execute(query)).all()
-        free = {(dp, pool): int(gpu_free) for dp, pool, gpu_free, _ in rows}
-        holds = {(dp, pool): int(gpus) for dp, pool, _, gpus in rows if gpus}
-        return free, holds
+            return await _capacity(session)
+
+    async def pass_inputs(self, limit: int) -> PassInputs:
+        """What a scheduling pass reads, in one session (one connection, one round trip
+        each): the queue's head, and if it is not empty the policy version in force and
+        the capacity."""
+        async with self._db.read() as session:
+            queued = await _queued(session, limit)
+            if not queued:
+                return PassInputs([], 0, {}, {})
+            version = await session.scalar(sa.select(sa.func.max(PolicyVersionRow.version)))
+            free, holds = await _capacity(session)
+        return PassInputs(queued, int(version or 0), free, holds)
 
     async def apply(
         self, orders: Sequence[PlacementOrder], waiting: dict[str, str], now: datetime
@@ -217,3 +201,47 @@ class SchedulingStore:
                     [{"job_id": job_id, "why": why} for job_id, why in waiting.items()],
                 )
         return created
+
+
+async def _queued(session: Any, limit: int) -> list[QueuedJob]:
+    query = (
+        sa.select(JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message)
+        .where(JOBS.c.phase == JobPhase.QUEUED.value)
+        .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
+        .limit(limit)
+    )
+    return [
+        QueuedJob(job_id, dict(spec), priority, created_at, message)
+        for job_id, spec, priority, created_at, message in await session.execute(query)
+    ]
+
+
+async def _capacity(session: Any) -> tuple[dict[PoolKey, int], dict[PoolKey, int]]:
+    held = (
+        sa.select(
+            AttemptRow.dataplane,
+            AttemptRow.pool,
+            sa.func.sum(AttemptRow.gpus).label("gpus"),
+        )
+        .where(
+            AttemptRow.phase.in_(LIVE_ATTEMPT_PHASES),
+            AttemptRow.counted_in_pool.is_(False),
+        )
+        .group_by(AttemptRow.dataplane, AttemptRow.pool)
+        .subquery()
+    )
+    # A job runs on one node: what one job can get is the most free on any one node.
+    # (CASE, not least()/min(): SQLite and Postgres spell those differently; NULL: one machine.)
+    usable = sa.case(
+        (PoolRow.gpu_node_free < PoolRow.gpu_free, PoolRow.gpu_node_free),
+        else_=PoolRow.gpu_free,
+    )
+    query = sa.select(
+        PoolRow.dataplane, PoolRow.name, usable, sa.func.coalesce(held.c.gpus, 0)
+    ).outerjoin(
+        held, sa.and_(held.c.dataplane == PoolRow.dataplane, held.c.pool == PoolRow.name)
+    )
+    rows = (await session.execute(query)).all()
+    free = {(dp, pool): int(gpu_free) for dp, pool, gpu_free, _ in rows}
+    holds = {(dp, pool): int(gpus) for dp, pool, _, gpus in rows if gpus}
+    return free, holds

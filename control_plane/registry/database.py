@@ -84,12 +84,19 @@ class Database:
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads run without a transaction: no BEGIN and ROLLBACK round trips around each
+        # (every read that needs one snapshot is one statement).
+        self._reads = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
         self._write_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only, outside any transaction (each statement sees the
+        database as of its own start)."""
         with _unreachable_as_unavailable():
-            async with self._sessions() as session:
+            async with self._reads() as session:
                 yield session
 
     @asynccontextmanager

@@ -7,12 +7,14 @@ serialised in-process. Postgres needs no lock: writes use conditional UPDATEs.
 A Postgres server that is down, restarting or cut off raises DatabaseUnavailable from
 `read` and `write` (the servicers answer UNAVAILABLE: retry later). The pool pings a
 connection before handing it out, so connections that died with a restarted server are
-replaced and the first call after it is back works.
+replaced and the first call after it is back works (the ping is skipped for a connection
+back in use within a second: see `_ping_if_idle`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -77,12 +79,15 @@ class Database:
             # connect_timeout: a database behind a silent partition fails calls in
             # seconds (UNAVAILABLE) instead of hanging them for minutes.
             kwargs.update(
-                pool_size=10, max_overflow=10, pool_pre_ping=True,
+                pool_size=10, max_overflow=10,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
             )
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            sa.event.listen(self.engine.sync_engine.pool, "checkin", _note_checkin)
+            sa.event.listen(self.engine.sync_engine.pool, "checkout", _ping_if_idle)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Reads run without a transaction: no BEGIN and ROLLBACK round trips around each
         # (every read that needs one snapshot is one statement).
@@ -157,6 +162,29 @@ def _unreachable_as_unavailable() -> Iterator[None]:
         # SQLAlchemy's statement and background link, not for callers.
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         raise DatabaseUnavailable(f"the database is unreachable: {reason}") from error
+
+
+# A connection back in use within this long is not pinged first: the writers run one
+# transaction after another on the same few connections, and a ping each is a round trip.
+PING_IF_IDLE_S = 1.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pool pre-ping, for connections that sat idle: one that died with a restarted
+    server is replaced before use (the pool retries the checkout with a new one)."""
+    if time.monotonic() - record.info.get("checked_in_at", 0.0) < PING_IF_IDLE_S:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+        dbapi_connection.rollback()   # leave no transaction open: a read sets autocommit
+    except Exception as error:
+        raise sa.exc.DisconnectionError(f"connection failed its ping: {error}") from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -443,12 +443,15 @@ async def _reconcile(
 ) -> ReportOutcome:
     """One report against its dataplane's attempts as they stand (after earlier reports
     of the batch changed them)."""
-    named = {a.id for a in report.reported}
-    mine = {
-        attempt.id: attempt
-        for attempt in attempts.values()
-        if attempt.id in named or (report.full_state and not AttemptPhase(attempt.phase).final)
-    }
+    if report.full_state:
+        named = {a.id for a in report.reported}
+        mine = {
+            attempt.id: attempt
+            for attempt in attempts.values()
+            if attempt.id in named or not AttemptPhase(attempt.phase).final
+        }
+    else:   # an update names its attempts: no need to look at the dataplane's others
+        mine = {a.id: attempts[a.id] for a in report.reported if a.id in attempts}
     known = {
         a.id: KnownAttempt(a.id, a.epoch, AttemptPhase(a.phase), a.cancel_requested)
         for a in mine.values()

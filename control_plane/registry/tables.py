@@ -35,7 +35,9 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the registry; use aware UTC datetimes")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        if value.tzinfo is not UTC:   # (most are UTC already: this runs for every row)
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)

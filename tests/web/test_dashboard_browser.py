@@ -98,6 +98,7 @@ def screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
 def test_the_dashboard_shows_the_fleet_and_a_placed_job_in_chromium(
     tmp_path: Path, browser: Any
 ) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -121,7 +122,9 @@ def test_the_dashboard_shows_the_fleet_and_a_placed_job_in_chromium(
                        60, "the job to run", fleet)
 
         driver = browser
-        wait = WebDriverWait(driver, WAIT_S)
+        # The page re-renders as it refreshes: an element found a moment ago may be gone.
+        wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=(
+            NoSuchElementException, StaleElementReferenceException))
 
         def seen(what: str, check: Callable[[Any], Any]) -> Any:
             try:
@@ -148,11 +151,13 @@ def test_the_dashboard_shows_the_fleet_and_a_placed_job_in_chromium(
         assert fleet.admin_key not in driver.current_url
 
         # Dataplanes: one section per region, a card per dataplane, a bar per pool.
-        card = seen("the on-prem dataplane",
-                    css('[data-region="us-east-1"] [data-dataplane="onprem-dc1"]'))
+        on_prem = '[data-region="us-east-1"] [data-dataplane="onprem-dc1"]'
+        seen("the on-prem dataplane", css(on_prem))
         seen("the spot dataplane",
              css('[data-region="europe-west4"] [data-dataplane="gcp-eu-spot"]'))
-        seen("the job's GPUs taken", lambda d: "6 / 8 free" in card.text)
+        card = seen("the job's GPUs taken", lambda d: (
+            card if "6 / 8 free" in (card := d.find_element(By.CSS_SELECTOR, on_prem)).text
+            else None))
         assert "healthy" in card.text and "reserved" in card.text.lower()
         screenshot(driver, tmp_path, "dashboard-dataplanes.png")
 

@@ -140,7 +140,11 @@ class JobRow(Base):
 
 class AttemptRow(Base):
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_dataplane_phase", "dataplane", "phase"),)
+    __table_args__ = (
+        Index("ix_attempts_dataplane_phase", "dataplane", "phase"),
+        # Live attempts, read by every scheduling pass (capacity holds, counts per dataplane).
+        Index("ix_attempts_phase", "phase"),
+    )
 
     id: Mapped[str] = mapped_column(String(48), primary_key=True)
     job_id: Mapped[str] = mapped_column(

@@ -230,9 +230,14 @@ class Connection:
     ) -> None:
         while True:
             message = await outbox.get()
+            follower = wire.coalesce_updates(message, outbox)
             await call.write(message)
             if message.HasField("heartbeat"):
                 self._metrics.heartbeat_sent()
+            if follower is not None:
+                await call.write(follower)
+                if follower.HasField("heartbeat"):
+                    self._metrics.heartbeat_sent()
 
     async def _beat(self, launcher: Launcher, outbox: Outbox, interval: float) -> None:
         while True:

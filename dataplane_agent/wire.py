@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -97,6 +98,29 @@ def attempt_update(status: AttemptStatus) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
         attempt_update=agent_pb2.AttemptUpdate(status=attempt_status(status))
     )
+
+
+# Attempt changes carried by one AttemptUpdate at most (the control plane's limit too).
+MAX_UPDATE_STATUSES = 1000
+
+
+def coalesce_updates(
+    message: agent_pb2.AgentMessage, outbox: asyncio.Queue[agent_pb2.AgentMessage]
+) -> agent_pb2.AgentMessage | None:
+    """Fold the attempt updates already waiting behind `message` (an update) into it, in
+    order: an agent that fell behind (many attempts ending at once) sends one message
+    instead of hundreds. Returns the first waiting message that is not an update (taken
+    from the outbox: the caller sends it next), or None."""
+    if not message.HasField("attempt_update"):
+        return None
+    update = message.attempt_update
+    while len(update.more) + 1 < MAX_UPDATE_STATUSES and not outbox.empty():
+        waiting = outbox.get_nowait()
+        if not waiting.HasField("attempt_update"):
+            return waiting
+        update.more.append(waiting.attempt_update.status)
+        update.more.extend(waiting.attempt_update.more)
+    return None
 
 
 def timestamp(at: datetime) -> Timestamp:

@@ -208,7 +208,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             pools = _pools(hello, message.heartbeat)
             await self._report(session, pools, message.heartbeat.attempts, full_state=True)
         elif kind == "attempt_update":
-            await self._report(session, None, [message.attempt_update.status], full_state=False)
+            update = message.attempt_update
+            # One report per run of distinct attempts: a later change of the same attempt
+            # (RUNNING, then SUCCEEDED) is applied after the earlier, as if sent alone.
+            for statuses in _runs_of_distinct_attempts([update.status, *update.more]):
+                await self._report(session, None, statuses, full_state=False)
         elif kind == "log_chunk":
             self._hub.deliver_log(clipped_log_chunk(message.log_chunk))
         else:
@@ -271,6 +275,18 @@ async def _receive(
         await inbox.put(None)
         raise
     await inbox.put(None)
+
+
+def _runs_of_distinct_attempts(
+    statuses: list[agent_pb2.AttemptStatus],
+) -> list[list[agent_pb2.AttemptStatus]]:
+    """[a RUNNING, b RUNNING, a SUCCEEDED] -> [[a RUNNING, b RUNNING], [a SUCCEEDED]]."""
+    runs: list[list[agent_pb2.AttemptStatus]] = [[]]
+    for status in statuses:
+        if any(s.attempt_id == status.attempt_id for s in runs[-1]):
+            runs.append([])
+        runs[-1].append(status)
+    return runs
 
 
 def _pools(hello: agent_pb2.Hello, heartbeat: agent_pb2.Heartbeat) -> list[PoolRecord]:

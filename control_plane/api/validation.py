@@ -65,6 +65,7 @@ from control_plane.domain.limits import (
     MAX_SEQ,
     MAX_SUBDOMAIN,
     MAX_TIMEOUT,
+    MAX_UPDATE_STATUSES,
 )
 
 # fullmatch everywhere: re's "$" also matches before a trailing newline.
@@ -362,7 +363,13 @@ def agent_message_problems(message: agent_pb2.AgentMessage) -> list[str | None]:
     if kind == "heartbeat":
         return _heartbeat_problems(message.heartbeat)
     if kind == "attempt_update":
-        return _status_problems("attempt_update.status", message.attempt_update.status)
+        update = message.attempt_update
+        if problem := count_problem("attempt_update.more", update.more, MAX_UPDATE_STATUSES - 1):
+            return [problem]
+        problems = _status_problems("attempt_update.status", update.status)
+        for index, status in enumerate(update.more):
+            problems += _status_problems(f"attempt_update.more[{index}]", status)
+        return problems
     if kind == "log_chunk":
         chunk = message.log_chunk
         return [

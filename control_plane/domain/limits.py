@@ -54,6 +54,7 @@ MAX_MEMORY_BYTES = 64 * 1024 * 1024 * MIB   # 64 TiB
 # -- lists and logs -----------------------------------------------------------------------
 MAX_PAGE = 1000
 MAX_SUBMIT_BATCH = 1000            # jobs in one SubmitBatch
+MAX_UPDATE_STATUSES = 1000         # attempt changes in one AttemptUpdate (status + more)
 MAX_PAGE_TOKEN = 256               # ours are about 60
 MAX_LIST_PHASES = 16
 MAX_LOG_TAIL = 16 * MIB

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,8 @@ class Database:
             self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
         self._write_lock = asyncio.Lock()
+        # Stopped before the engine is disposed (the stores' group-commit writers).
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -120,7 +122,13 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(_upgrade_to_head)
 
+    def close_with(self, stop: Callable[[], Awaitable[None]]) -> None:
+        """Have `close` await `stop` first (a writer task that uses this database)."""
+        self._on_close.append(stop)
+
     async def close(self) -> None:
+        for stop in self._on_close:
+            await stop()
         await self.engine.dispose()
 
 

@@ -73,6 +73,7 @@ class DataplaneStore:
         self._reports: GroupCommit[Report, ReportOutcome] = GroupCommit(
             self._apply_reports, name="agent-reports"
         )
+        db.close_with(self._reports.close)
 
     async def register(
         self,

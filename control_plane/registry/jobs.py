@@ -35,6 +35,7 @@ class JobStore:
         self._submits: GroupCommit[_Submission, list[tuple[JobRecord, bool]]] = GroupCommit(
             self._store_submissions, name="submits"
         )
+        db.close_with(self._submits.close)
 
     async def submit(self, new: NewJob, now: datetime) -> tuple[JobRecord, bool]:
         """Store a job; returns (job, created). A known client key returns the stored job."""

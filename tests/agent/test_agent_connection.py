@@ -75,7 +75,15 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
         sender = asyncio.create_task(send())
         try:
             while (message := await context.read()) is not grpc.aio.EOF:
-                self.from_agent.put_nowait(message)
+                if message.HasField("attempt_update"):
+                    # The tests look at one change at a time; the agent may send several
+                    # in one message (status, then `more`, in order).
+                    update = message.attempt_update
+                    for status in (update.status, *update.more):
+                        self.from_agent.put_nowait(agent_pb2.AgentMessage(
+                            attempt_update=agent_pb2.AttemptUpdate(status=status)))
+                else:
+                    self.from_agent.put_nowait(message)
         finally:
             sender.cancel()
 

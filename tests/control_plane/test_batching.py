@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import grpc
 import pytest
-from fleet.v1 import jobs_pb2, types_pb2
+from fleet.v1 import agent_pb2, jobs_pb2, types_pb2
 
 from control_plane.registry.group_commit import GroupCommit
 from tests.control_plane.harness import (
@@ -159,3 +159,49 @@ async def test_a_failed_transaction_fails_its_whole_batch_and_the_next_one_works
         await writes.write("a")
     assert await writes.write("b") == "B"
     await writes.close()
+
+
+async def test_an_update_carrying_several_changes_applies_them_in_order(
+    database_url: str,
+) -> None:
+    """An agent that fell behind sends its waiting changes in one AttemptUpdate; the job
+    history is as if they came one by one (started, then succeeded)."""
+    async with control_plane(database_url) as (cp, _), job_client(cp.port) as jobs:
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100", total=8, free=8)])
+        await agent.join()
+        first, second = (await jobs.SubmitBatch(_batch(job_spec(), job_spec()))).jobs
+        for _ in range(2):
+            await agent.expect("launch")
+        a, b = f"{first.job.id}-1", f"{second.job.id}-1"
+        update = agent_pb2.AttemptUpdate(
+            status=status(a, P.ATTEMPT_PHASE_RUNNING),
+            more=[status(b, P.ATTEMPT_PHASE_RUNNING),
+                  status(a, P.ATTEMPT_PHASE_SUCCEEDED, exit_code=0),
+                  status(b, P.ATTEMPT_PHASE_FAILED, exit_code=3)],
+        )
+        await agent.outbox.put(agent_pb2.AgentMessage(attempt_update=update))
+        done = await wait_for_phase(jobs, first.job.id, P.JOB_PHASE_SUCCEEDED)
+        assert done.started_at.seconds and done.attempts[0].exit_code == 0
+        events = [e.kind async for e in jobs.Watch(jobs_pb2.WatchJobRequest(job_id=done.id))]
+        assert events == ["submitted", "scheduled", "started", "succeeded"]
+        failed = await jobs.Get(jobs_pb2.GetJobRequest(job_id=second.job.id))
+        assert failed.attempts[0].phase == P.ATTEMPT_PHASE_FAILED
+        assert failed.attempts[0].exit_code == 3
+        await agent.close()
+
+
+async def test_an_update_with_too_many_changes_is_refused_by_name(database_url: str) -> None:
+    async with control_plane(database_url) as (cp, _):
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100")])
+        await agent.join()
+        update = agent_pb2.AttemptUpdate(
+            status=status("j-x-1", P.ATTEMPT_PHASE_RUNNING),
+            more=[status(f"j-x{i}-1", P.ATTEMPT_PHASE_RUNNING) for i in range(1000)],
+        )
+        await agent.outbox.put(agent_pb2.AgentMessage(attempt_update=update))
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                if await agent.call.read() is grpc.aio.EOF:
+                    break
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "attempt_update.more: 1000 entries, at most 999" in (ended.value.details() or "")

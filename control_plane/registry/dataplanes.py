@@ -324,20 +324,11 @@ _POOL_COLUMNS = [
 
 
 def _pool_values(pool: PoolRecord) -> dict[str, Any]:
-    return {
-        "region": pool.region,
-        "cloud": pool.cloud,
-        "purchase_type": pool.purchase_type.value,
-        "gpu_model": pool.gpu_model,
-        "gpu_memory_gb": pool.gpu_memory_gb,
-        "gpu_total": pool.gpu_total,
-        "gpu_free": pool.gpu_free,
-        "interconnect": pool.interconnect,
-        "price_per_gpu_hour": pool.price_per_gpu_hour,
-        "labels": dict(pool.labels),
-        "gpu_node_size": pool.gpu_node_size,
-        "gpu_node_free": pool.gpu_node_free,
-    }
+    """A pool's columns as stored (the record's fields of the same names)."""
+    values = {column: getattr(pool, column) for column in _POOL_COLUMNS}
+    values["purchase_type"] = pool.purchase_type.value
+    values["labels"] = dict(pool.labels)
+    return values
 
 
 @dataclass

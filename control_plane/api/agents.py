@@ -282,10 +282,13 @@ def _runs_of_distinct_attempts(
 ) -> list[list[agent_pb2.AttemptStatus]]:
     """[a RUNNING, b RUNNING, a SUCCEEDED] -> [[a RUNNING, b RUNNING], [a SUCCEEDED]]."""
     runs: list[list[agent_pb2.AttemptStatus]] = [[]]
+    in_run: set[str] = set()
     for status in statuses:
-        if any(s.attempt_id == status.attempt_id for s in runs[-1]):
+        if status.attempt_id in in_run:
             runs.append([])
+            in_run.clear()
         runs[-1].append(status)
+        in_run.add(status.attempt_id)
     return runs
 
 

@@ -9,11 +9,12 @@ from `control_plane.domain.records`.
 
 from control_plane.registry.access import AuditLog, JoinTokens, KeyStore
 from control_plane.registry.database import Database, DatabaseUrlError, redact
-from control_plane.registry.dataplanes import DataplaneStore, ReportOutcome, TokenRevoked
+from control_plane.registry.dataplanes import DataplaneStore
 from control_plane.registry.fleet_stats import FleetStats
 from control_plane.registry.jobs import JobStore
 from control_plane.registry.policies import PolicyStore
 from control_plane.registry.replicas import Leadership, ReplicaStore
+from control_plane.registry.reports import ReportOutcome, TokenRevoked
 from control_plane.registry.scheduling import PlacementOrder, QueuedJob, SchedulingStore
 
 __all__ = [

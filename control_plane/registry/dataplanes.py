@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from functools import partial
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -13,17 +13,11 @@ from control_plane.domain.cordon import drain_message
 from control_plane.domain.phases import AttemptPhase, PurchaseType
 from control_plane.domain.reconcile import (
     AttemptChange,
-    KnownAttempt,
-    ReconcilePlan,
     ReportedAttempt,
-    reconcile,
 )
 from control_plane.domain.records import AttemptRecord, DataplaneRecord, PoolRecord
 from control_plane.registry.attempt_states import (
     ATTEMPTS,
-    JOBS,
-    AttemptState,
-    JobState,
     apply_attempt_change,
     lock_jobs,
     read_attempts,
@@ -32,46 +26,23 @@ from control_plane.registry.attempt_states import (
 from control_plane.registry.database import Database
 from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
+from control_plane.registry.reports import (
+    DATAPLANES,
+    POOL_COLUMNS,
+    POOLS,
+    Report,
+    ReportOutcome,
+    apply_reports,
+)
 from control_plane.registry.rows import attempt_record
-from control_plane.registry.tables import AttemptRow, DataplaneRow, PoolRow
-
-DATAPLANES = cast(sa.Table, DataplaneRow.__table__)
-POOLS = cast(sa.Table, PoolRow.__table__)
-
-
-@dataclass
-class ReportOutcome:
-    plan: ReconcilePlan
-    # Attempts to launch again, with their job's spec.
-    launches: list[tuple[AttemptRecord, Mapping[str, Any]]] = field(default_factory=list)
-    changed_jobs: list[str] = field(default_factory=list)
-    # (phase, reason) of each attempt this report ended, as recorded (for metrics).
-    ended: list[tuple[str, str]] = field(default_factory=list)
-    # Whether the dataplane's pools changed (capacity, shape): the scheduler should look.
-    pools_changed: bool = False
-
-
-@dataclass(frozen=True)
-class Report:
-    """One agent report waiting to be applied."""
-
-    dataplane: str
-    pools: Sequence[PoolRecord] | None  # None: an attempt update, pools unchanged
-    reported: tuple[ReportedAttempt, ...]
-    full_state: bool
-    now: datetime
-    refuse_revoked: bool
-
-
-class TokenRevoked(Exception):
-    """A report from a dataplane whose join token was revoked: nothing was recorded."""
+from control_plane.registry.tables import AttemptRow, DataplaneRow
 
 
 class DataplaneStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._reports: GroupCommit[Report, ReportOutcome] = GroupCommit(
-            self._apply_reports, name="agent-reports"
+            partial(apply_reports, db), name="agent-reports"
         )
         db.close_with(self._reports.close)
 
@@ -118,60 +89,6 @@ class DataplaneStore:
         if alone, in arrival order."""
         report = Report(dataplane, pools, tuple(reported), full_state, now, refuse_revoked)
         return await self._reports.write(report)
-
-    async def _apply_reports(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
-        """One transaction for a batch of reports, with a few statements for all of them
-        (SQLAlchemy Core: this is the hottest write path; see attempt_states.py)."""
-        results: list[ReportOutcome | Exception] = []
-        async with self._db.write() as session:
-            names = sorted({r.dataplane for r in reports})
-            # Locked first, in name order: the lost timer (expire), a cancel and a drain
-            # take the same locks in the same order, so none of them acts on these
-            # attempts meanwhile and none deadlocks with another.
-            revoked: dict[str, datetime | None] = {
-                name: at
-                for name, at in await session.execute(
-                    sa.select(DATAPLANES.c.name, DATAPLANES.c.token_revoked_at)
-                    .where(DATAPLANES.c.name.in_(names))
-                    .order_by(DATAPLANES.c.name)
-                    .with_for_update()
-                )
-            }
-            pools = await _PoolWrites.read(session, [r for r in reports if r.pools is not None])
-            attempts = await _attempts_of(session, reports)
-            jobs = await lock_jobs(
-                session, (a.job_id for on_dp in attempts.values() for a in on_dp.values())
-            )
-            events: list[dict[str, Any]] = []
-            heard: dict[str, datetime] = {}
-            for report in reports:
-                if report.dataplane not in revoked:
-                    results.append(LookupError(f"dataplane {report.dataplane} is not registered"))
-                elif report.refuse_revoked and revoked[report.dataplane] is not None:
-                    results.append(
-                        TokenRevoked(f"the join token of {report.dataplane!r} was revoked")
-                    )
-                else:
-                    heard[report.dataplane] = report.now
-                    changed = report.pools is not None and pools.apply(report)
-                    on_dataplane = attempts.get(report.dataplane, {})
-                    outcome = await _reconcile(session, report, on_dataplane, jobs, events)
-                    outcome.pools_changed = changed
-                    results.append(outcome)
-            if heard:
-                await session.execute(
-                    sa.update(DATAPLANES)
-                    .where(DATAPLANES.c.name == sa.bindparam("key"))
-                    .values(last_heartbeat_at=sa.bindparam("heard")),
-                    [{"key": name, "heard": at} for name, at in heard.items()],
-                )
-            await pools.write(session)
-            await write_changes(
-                session, (a for on_dp in attempts.values() for a in on_dp.values()),
-                jobs.values(), events,
-            )
-            await _add_specs(session, [r for r in results if isinstance(r, ReportOutcome)])
-        return results
 
     async def expire(
         self, dataplanes: Sequence[str], now: datetime, heard_before: datetime
@@ -225,7 +142,7 @@ class DataplaneStore:
             "name", "region", "cloud", "labels", "agent_version", "last_heartbeat_at",
             "cordoned_at", "cordon_reason", "drain_deadline", "stream_replica",
         ]
-        pool_columns = ["dataplane", "name", *_POOL_COLUMNS]
+        pool_columns = ["dataplane", "name", *POOL_COLUMNS]
         async with self._db.read() as session:
             dataplanes = await session.execute(
                 sa.select(*(DATAPLANES.c[c] for c in dataplane_columns))
@@ -314,174 +231,3 @@ class DataplaneStore:
                 attempt.cancel_requested = True
                 attempt.preempt_reason = drain_message(reasons.get(attempt.dataplane, ""))
             return [attempt_record(row) for row in rows]
-
-
-
-_POOL_COLUMNS = [
-    "region", "cloud", "purchase_type", "gpu_model", "gpu_memory_gb", "gpu_total", "gpu_free",
-    "interconnect", "price_per_gpu_hour", "labels", "gpu_node_size", "gpu_node_free",
-]
-
-
-def _pool_values(pool: PoolRecord) -> dict[str, Any]:
-    """A pool's columns as stored (the record's fields of the same names)."""
-    values = {column: getattr(pool, column) for column in _POOL_COLUMNS}
-    values["purchase_type"] = pool.purchase_type.value
-    values["labels"] = dict(pool.labels)
-    return values
-
-
-@dataclass
-class _PoolWrites:
-    """The pools of the batch's dataplanes as stored, and what the heartbeats change: a row
-    is written only when something in it changed (most heartbeats repeat the last one)."""
-
-    stored: dict[str, dict[str, dict[str, Any]]]   # dataplane -> pool -> column values
-    changed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    added: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    gone: set[tuple[str, str]] = field(default_factory=set)
-
-    @classmethod
-    async def read(cls, session: Any, reports: Sequence[Report]) -> _PoolWrites:
-        names = sorted({r.dataplane for r in reports})
-        stored: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
-        if names:
-            query = sa.select(
-                POOLS.c.dataplane, POOLS.c.name, *(POOLS.c[c] for c in _POOL_COLUMNS)
-            ).where(POOLS.c.dataplane.in_(names))
-            for dataplane, name, *values in await session.execute(query):
-                stored[dataplane][name] = dict(zip(_POOL_COLUMNS, values, strict=True))
-        return cls(stored)
-
-    def apply(self, report: Report) -> bool:
-        """Take the heartbeat's pools; whether anything in them changed."""
-        assert report.pools is not None
-        stored = self.stored[report.dataplane]
-        changed = False
-        reported = {pool.name: _pool_values(pool) for pool in report.pools}
-        for name, values in reported.items():
-            key = (report.dataplane, name)
-            if stored.get(name) != values:
-                changed = True
-                # A row is inserted only if the database has none (not one the batch
-                # removed, nor one it added already): else it is updated.
-                row = {**values, "updated_at": report.now}
-                if key in self.added or (name not in stored and key not in self.gone):
-                    self.added[key] = row
-                else:
-                    self.changed[key] = row
-            self.gone.discard(key)
-            stored[name] = values
-        for name in [name for name in stored if name not in reported]:
-            key = (report.dataplane, name)
-            changed = True
-            del stored[name]
-            self.changed.pop(key, None)
-            if self.added.pop(key, None) is None:
-                self.gone.add(key)
-        return changed
-
-    async def write(self, session: Any) -> None:
-        for dataplane, name in sorted(self.gone):
-            await session.execute(
-                sa.delete(POOLS).where(POOLS.c.dataplane == dataplane, POOLS.c.name == name)
-            )
-        if self.changed:
-            await session.execute(
-                sa.update(POOLS)
-                .where(POOLS.c.dataplane == sa.bindparam("key_dp"),
-                       POOLS.c.name == sa.bindparam("key_name"))
-                .values({c: sa.bindparam(c) for c in [*_POOL_COLUMNS, "updated_at"]}),
-                [{"key_dp": dp, "key_name": name, **values}
-                 for (dp, name), values in self.changed.items()],
-            )
-        if self.added:
-            await session.execute(
-                sa.insert(POOLS),
-                [{"dataplane": dp, "name": name, **values}
-                 for (dp, name), values in self.added.items()],
-            )
-
-
-async def _attempts_of(
-    session: Any, reports: Sequence[Report]
-) -> dict[str, dict[str, AttemptState]]:
-    """The attempts the reports name, and every live attempt of the dataplanes that sent
-    their full state: all that reconciling the batch may touch, read in one statement;
-    by dataplane, then id."""
-    conditions = []
-    full = sorted({r.dataplane for r in reports if r.full_state})
-    if full:
-        conditions.append(
-            sa.and_(ATTEMPTS.c.dataplane.in_(full), ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES))
-        )
-    named = sorted({a.id for r in reports for a in r.reported})
-    if named:
-        conditions.append(ATTEMPTS.c.id.in_(named))
-    if not conditions:
-        return {}
-    by_dataplane: dict[str, dict[str, AttemptState]] = {}
-    for attempt in await read_attempts(session, sa.or_(*conditions)):
-        by_dataplane.setdefault(attempt.dataplane, {})[attempt.id] = attempt
-    return by_dataplane
-
-
-async def _reconcile(
-    session: Any,
-    report: Report,
-    attempts: dict[str, AttemptState],
-    jobs: dict[str, JobState],
-    events: list[dict[str, Any]],
-) -> ReportOutcome:
-    """One report against its dataplane's attempts as they stand (after earlier reports
-    of the batch changed them)."""
-    if report.full_state:
-        named = {a.id for a in report.reported}
-        mine = {
-            attempt.id: attempt
-            for attempt in attempts.values()
-            if attempt.id in named or not AttemptPhase(attempt.phase).final
-        }
-    else:   # an update names its attempts: no need to look at the dataplane's others
-        mine = {a.id: attempts[a.id] for a in report.reported if a.id in attempts}
-    known = {
-        a.id: KnownAttempt(a.id, a.epoch, AttemptPhase(a.phase), a.cancel_requested)
-        for a in mine.values()
-    }
-    if report.pools is not None:
-        # This heartbeat's free GPUs already account for the attempts it lists.
-        for reported in report.reported:
-            attempt = mine.get(reported.id)
-            if attempt is not None and not attempt.counted_in_pool:
-                attempt.counted_in_pool = attempt.dirty = True
-    outcome = ReportOutcome(reconcile(known, report.reported, full_state=report.full_state))
-    for change in outcome.plan.changes:
-        attempt = mine[change.attempt_id]
-        was_final = AttemptPhase(attempt.phase).final
-        job = jobs.get(attempt.job_id)
-        if await apply_attempt_change(session, attempt, job, change, report.now, events):
-            outcome.changed_jobs.append(attempt.job_id)
-        if not was_final and AttemptPhase(attempt.phase).final:
-            outcome.ended.append((attempt.phase, attempt.reason))
-    for attempt_id in outcome.plan.launch:
-        outcome.launches.append((mine[attempt_id].record(), {}))
-    return outcome
-
-
-async def _add_specs(session: Any, outcomes: Sequence[ReportOutcome]) -> None:
-    """The job specs of the attempts to launch again (read only for those: specs are big)."""
-    job_ids = sorted({attempt.job_id for o in outcomes for attempt, _ in o.launches})
-    if not job_ids:
-        return
-    specs: dict[str, Any] = {
-        job_id: spec
-        for job_id, spec in await session.execute(
-            sa.select(JOBS.c.id, JOBS.c.spec).where(JOBS.c.id.in_(job_ids))
-        )
-    }
-    for outcome in outcomes:
-        outcome.launches = [
-            (attempt, dict(specs[attempt.job_id]))
-            for attempt, _ in outcome.launches
-            if attempt.job_id in specs
-        ]

@@ -14,7 +14,7 @@ from fleet.v1 import jobs_pb2
 from control_plane.domain.phases import AttemptPhase
 from control_plane.domain.reconcile import ReportedAttempt
 from control_plane.registry import DataplaneStore
-from control_plane.registry import dataplanes as dataplanes_module
+from control_plane.registry import reports as reports_module
 from tests.control_plane.harness import (
     FakeAgent,
     P,
@@ -46,7 +46,7 @@ async def test_the_lost_timer_waits_for_a_report_in_flight(
         store = DataplaneStore(cp.database)
         now = clock.now() + timedelta(minutes=5)
         timer: dict[str, Any] = {}
-        apply_change = dataplanes_module.apply_attempt_change
+        apply_change = reports_module.apply_attempt_change
 
         async def report_step(*args: Any) -> bool:
             """Between the report's read and its write, the lost timer fires."""
@@ -57,7 +57,7 @@ async def test_the_lost_timer_waits_for_a_report_in_flight(
                 timer["finished_during_the_report"] = bool(done)
             return await apply_change(*args)
 
-        monkeypatch.setattr(dataplanes_module, "apply_attempt_change", report_step)
+        monkeypatch.setattr(reports_module, "apply_attempt_change", report_step)
         succeeded = ReportedAttempt(launch.attempt_id, launch.epoch, AttemptPhase.SUCCEEDED,
                                     exit_code=0)
         await store.apply_report("racer", None, [succeeded], full_state=False, now=now)

@@ -23,14 +23,7 @@ from tests.fleet_waits import fleet_logs, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-        reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
-        "/usr/bin/chromedriver): `make browser` installs them",
-    ),
-]
+pytestmark = [pytest.mark.e2e]
 P = types_pb2
 WAIT_S = 30
 
@@ -63,6 +56,10 @@ def pool(name: str, tier: str, model: str, count: int, memory: int) -> dict[str,
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
+    # Not a skip: `make test` installs both (its `browser` target), so missing is an error.
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
+                    "/usr/bin/chromedriver): `make browser` installs them", pytrace=False)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -88,9 +88,7 @@ async def apply_reports(db: Database, reports: Sequence[Report]) -> list[ReportO
         }
         pools = await _PoolWrites.read(session, [r for r in reports if r.pools is not None])
         attempts = await _attempts_of(session, reports)
-        jobs = await lock_jobs(
-            session, (a.job_id for on_dp in attempts.values() for a in on_dp.values())
-        )
+        jobs = await lock_jobs(session, _jobs_that_may_move(reports, attempts))
         events: list[dict[str, Any]] = []
         heard: dict[str, datetime] = {}
         for report in reports:
@@ -232,6 +230,29 @@ async def _attempts_of(
     return by_dataplane
 
 
+def _jobs_that_may_move(
+    reports: Sequence[Report], attempts: dict[str, dict[str, AttemptState]]
+) -> set[str]:
+    """The jobs a batch may change, the only ones it locks: those of attempts reported in
+    another phase than stored, and of live attempts a full-state report leaves out. (A
+    heartbeat of an agent running a thousand attempts locks none of their jobs.)"""
+    jobs: set[str] = set()
+    for report in reports:
+        on_dataplane = attempts.get(report.dataplane, {})
+        for reported in report.reported:
+            attempt = on_dataplane.get(reported.id)
+            if attempt is not None and attempt.phase != reported.phase.value:
+                jobs.add(attempt.job_id)
+        if report.full_state:
+            listed = {reported.id for reported in report.reported}
+            jobs.update(
+                attempt.job_id
+                for attempt in on_dataplane.values()
+                if attempt.id not in listed and not AttemptPhase(attempt.phase).final
+            )
+    return jobs
+
+
 async def _reconcile(
     session: Any,
     report: Report,
@@ -264,6 +285,8 @@ async def _reconcile(
     for change in outcome.plan.changes:
         attempt = mine[change.attempt_id]
         was_final = AttemptPhase(attempt.phase).final
+        if attempt.job_id not in jobs:   # not foreseen by _jobs_that_may_move: lock it now
+            jobs.update(await lock_jobs(session, [attempt.job_id]))
         job = jobs.get(attempt.job_id)
         if await apply_attempt_change(session, attempt, job, change, report.now, events):
             outcome.changed_jobs.append(attempt.job_id)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import grpc
+import psycopg
 import pytest
 from fleet.v1 import agent_pb2, jobs_pb2, types_pb2
 
+from control_plane.domain.phases import AttemptPhase
+from control_plane.domain.reconcile import ReportedAttempt
+from control_plane.registry import DataplaneStore
 from control_plane.registry.group_commit import GroupCommit
 from tests.control_plane.harness import (
     FakeAgent,
@@ -205,3 +210,33 @@ async def test_an_update_with_too_many_changes_is_refused_by_name(database_url: 
                     break
         assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "attempt_update.more: 1000 entries, at most 999" in (ended.value.details() or "")
+
+
+async def test_a_heartbeat_does_not_wait_for_locks_on_jobs_it_does_not_change(
+    postgres_url: str,
+) -> None:
+    """A heartbeat listing a running attempt unchanged locks nothing of its job: a slow
+    transaction holding that job (a cancel, say) does not stall the agent's reports.
+    (Postgres only: SQLite has one writer at a time and no row locks.)"""
+    database_url = postgres_url
+    async with control_plane(database_url) as (cp, _), job_client(cp.port) as jobs:
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100")])
+        await agent.join()
+        job = (await jobs.Submit(jobs_pb2.SubmitRequest(spec=job_spec()))).job
+        launch = await agent.expect("launch")
+        running = status(launch.attempt_id, P.ATTEMPT_PHASE_RUNNING)
+        await agent.update(running)
+        await wait_for_phase(jobs, job.id, P.JOB_PHASE_RUNNING)
+        store = DataplaneStore(cp.database)
+        listed = ReportedAttempt(launch.attempt_id, launch.epoch, AttemptPhase.RUNNING)
+        conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+        async with await psycopg.AsyncConnection.connect(conninfo) as other:
+            await other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
+            outcome = await asyncio.wait_for(
+                store.apply_report("onprem", None, [listed], full_state=True,
+                                   now=datetime.now(UTC)),
+                timeout=5,
+            )
+            assert outcome.plan.changes == [] and outcome.plan.launch == []
+            await other.rollback()
+        await agent.close()

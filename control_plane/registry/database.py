@@ -89,9 +89,11 @@ class Database:
             sa.event.listen(self.engine.sync_engine.pool, "checkin", _note_checkin)
             sa.event.listen(self.engine.sync_engine.pool, "checkout", _ping_if_idle)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Reads run without a transaction: no BEGIN and ROLLBACK round trips around each
-        # (every read that needs one snapshot is one statement).
-        self._reads = async_sessionmaker(
+        # On Postgres, reads run without a transaction: no BEGIN and ROLLBACK round trips
+        # around each (every read that needs one snapshot is one statement). SQLite has no
+        # round trips to save, and aiosqlite switching the mode back on a connection whose
+        # task was cancelled strands the connection.
+        self._reads = self._sessions if self.is_sqlite else async_sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
         self._write_lock = asyncio.Lock()
@@ -100,8 +102,8 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads only, outside any transaction (each statement sees the
-        database as of its own start)."""
+        """A session for reads only (on Postgres outside any transaction: each statement
+        sees the database as of its own start)."""
         with _unreachable_as_unavailable():
             async with self._reads() as session:
                 yield session

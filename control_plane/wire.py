@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,6 +16,7 @@ from control_plane.domain.limits import (
     MAX_ATTEMPT_MESSAGE,
     MAX_ATTEMPT_REASON,
     MAX_LOG_ERROR,
+    MAX_PAGE_TOKEN,
     clipped,
 )
 from control_plane.domain.phases import AttemptPhase, DataplaneHealth, JobPhase, PurchaseType
@@ -308,3 +310,27 @@ def cancel_message(attempt_id: str, reason: str) -> agent_pb2.ControlMessage:
     )
     message.cancel.grace_period.FromSeconds(CANCEL_GRACE_S)
     return message
+
+
+# Page tokens of job lists, the same on the gRPC API and the web dashboard's JSON, so a
+# token works on either: the (created_at, id) of the page's last job.
+
+
+def encode_page_token(job: JobRecord) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, str] | None:
+    """The (created_at, id) a token stands for; None when it is no token we returned."""
+    if len(token) > MAX_PAGE_TOKEN:
+        return None
+    try:
+        created, job_id = base64.urlsafe_b64decode(token.encode("ascii")).decode().split("|", 1)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None or not job_id:
+            return None
+        when.astimezone(UTC)
+    except (ValueError, OverflowError, UnicodeError):
+        return None
+    return when, job_id

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import grpc
 from fleet.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -36,7 +34,9 @@ from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.wire import (
     cancel_message,
+    decode_page_token,
     demand_from_json,
+    encode_page_token,
     enum_from_proto,
     event_to_proto,
     job_to_proto,
@@ -167,7 +167,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         size = request.page_size or DEFAULT_PAGE
         after = None
         if request.page_token:
-            after = _decode_token(request.page_token)
+            after = decode_page_token(request.page_token)
             if after is None:
                 await refuse(
                     context,
@@ -182,7 +182,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             limit=size + 1,
             after=after,
         )
-        token = _encode_token(jobs[size - 1]) if len(jobs) > size else ""
+        token = encode_page_token(jobs[size - 1]) if len(jobs) > size else ""
         return jobs_pb2.ListJobsResponse(
             jobs=[job_to_proto(j) for j in jobs[:size]], next_page_token=token
         )
@@ -308,19 +308,6 @@ def _new_job(spec: types_pb2.JobSpec, client_key: str, submitted_by: str) -> New
         retry_budget=spec.retry_budget if spec.HasField("retry_budget") else DEFAULT_RETRY_BUDGET,
         submitted_by=submitted_by,
     )
-
-
-def _encode_token(job: JobRecord) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, str] | None:
-    try:
-        created, job_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _relayed(context: Context) -> bool:

@@ -32,7 +32,7 @@ from control_plane.scheduler import Scheduler
 from control_plane.sessions import SessionHub
 from control_plane.web import views
 from control_plane.web.logs import DEFAULT_TAIL, HTTP_STATUS, MAX_TAIL, LogUnavailable, log_tail
-from control_plane.wire import demand_from_json
+from control_plane.wire import demand_from_json, encode_page_token
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class _Routes:
             after=query.after,
         )
         size = query.page_size
-        token = views.encode_page_token(jobs[size - 1]) if len(jobs) > size else ""
+        token = encode_page_token(jobs[size - 1]) if len(jobs) > size else ""
         return web.json_response({
             "jobs": [views.job_summary_json(job) for job in jobs[:size]],
             "next_page_token": token,

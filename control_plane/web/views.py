@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from control_plane.domain.limits import MAX_ID, MAX_NAME, MAX_PAGE, MAX_PAGE_TOKEN
+from control_plane.domain.limits import MAX_ID, MAX_NAME, MAX_PAGE
 from control_plane.domain.phases import DataplaneHealth, JobPhase
 from control_plane.domain.placement import Decision
 from control_plane.domain.records import (
@@ -26,6 +26,7 @@ from control_plane.domain.records import (
     PolicyVersionRecord,
     PoolRecord,
 )
+from control_plane.wire import decode_page_token
 
 Json = dict[str, Any]
 
@@ -304,25 +305,3 @@ def id_problem(field: str, value: str) -> str | None:
 
 def shown(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
-# The same tokens as JobService.List's, so a page token works on either side.
-
-
-def encode_page_token(job: JobRecord) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_page_token(token: str) -> tuple[datetime, str] | None:
-    try:
-        if len(token) > MAX_PAGE_TOKEN:
-            return None
-        created, job_id = base64.urlsafe_b64decode(token.encode("ascii")).decode().split("|", 1)
-        when = datetime.fromisoformat(created)
-        if when.tzinfo is None or id_problem("", job_id) is not None:
-            return None
-        when.astimezone(UTC)
-    except (ValueError, OverflowError, UnicodeError):
-        return None
-    return when, job_id

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "protos"))
 
 import grpc.aio  # noqa: E402
 
+from control_plane.server import tune_garbage_collector  # noqa: E402
 from dataplane_agent.connection import Connection  # noqa: E402
 from dataplane_agent.domain.attempt import AttemptStatus, Phase  # noqa: E402
 from dataplane_agent.domain.capacity import PoolReport  # noqa: E402
@@ -305,6 +306,9 @@ def main() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.shared_connections:
         private_connections()
+    # Thousands of agents in one process allocate like a control plane: the same collector
+    # settings keep the harness from taking CPU the control plane should have.
+    tune_garbage_collector()
     host = Host(args.control_plane, LaunchLog(args.launch_log))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(host.serve())

@@ -282,6 +282,7 @@ class Scheduler:
                     chosen.pool,
                     demand.gpus,
                     f"placed on {chosen.dataplane}/{chosen.pool}: {chosen.reason}",
+                    job.spec,
                 )
             )
         if not orders and not waiting:

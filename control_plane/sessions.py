@@ -12,25 +12,81 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 import uuid
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fleet.v1 import agent_pb2, types_pb2
 
 from control_plane.relay import Relay
 
+# A batch to an agent stays well under its 16 MiB receive limit: a launch may carry a spec
+# of several MiB, and one that big travels alone.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_MESSAGES = 1000
+
 
 @dataclass
 class AgentSession:
     dataplane: str
+    # The agent said it understands ControlMessage.batch (Hello.accepts_batches).
+    accepts_batches: bool = False
+    # How long a launch sent on this stream is remembered (see launched_lately).
+    launch_memory_s: float = 0.0
+    monotonic: Callable[[], float] = time.monotonic
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outbox: asyncio.Queue[agent_pb2.ControlMessage | None] = field(default_factory=asyncio.Queue)
     closed_reason: str = ""
+    # Launches sent on this stream within launch_memory_s, oldest first, with when.
+    _launched: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # A message taken from the outbox that did not fit the last batch (the next one's first).
+    _held: list[agent_pb2.ControlMessage | None] = field(default_factory=list)
 
     def send(self, message: agent_pb2.ControlMessage) -> None:
         if not self.closed_reason:
+            if message.HasField("launch"):
+                self._forget_old_launches()
+                self._launched.pop(message.launch.attempt_id, None)
+                self._launched[message.launch.attempt_id] = self.monotonic()
             self.outbox.put_nowait(message)
+
+    def launched_lately(self, attempt_id: str) -> bool:
+        """Whether this stream carried the attempt's launch within launch_memory_s. A
+        heartbeat the agent built before that launch reached it leaves the attempt out;
+        launching it again would only send the same thing twice (a stream delivers in
+        order or ends, and a new stream is a new session)."""
+        self._forget_old_launches()
+        return attempt_id in self._launched
+
+    def _forget_old_launches(self) -> None:
+        oldest = self.monotonic() - self.launch_memory_s
+        while self._launched and next(iter(self._launched.values())) < oldest:
+            self._launched.popitem(last=False)
+
+    async def next_message(self) -> agent_pb2.ControlMessage | None:
+        """The next message to write to the stream; None once the session is closed.
+        Messages already waiting behind it go along in one ControlBatch, in order, if the
+        agent accepts batches."""
+        message = self._held.pop() if self._held else await self.outbox.get()
+        if message is None or not self.accepts_batches or self.outbox.empty():
+            return message
+        batch = [message]
+        size = message.ByteSize()
+        while len(batch) < MAX_BATCH_MESSAGES and not self.outbox.empty():
+            waiting = self.outbox.get_nowait()
+            if waiting is None:
+                self._held.append(None)
+                break
+            size += waiting.ByteSize()
+            if size > MAX_BATCH_BYTES:
+                self._held.append(waiting)
+                break
+            batch.append(waiting)
+        if len(batch) == 1:
+            return message
+        return agent_pb2.ControlMessage(batch=agent_pb2.ControlBatch(messages=batch))
 
     def close(self, reason: str) -> None:
         if not self.closed_reason:
@@ -39,8 +95,11 @@ class AgentSession:
 
 
 class SessionHub:
-    def __init__(self, relay: Relay | None = None) -> None:
+    def __init__(
+        self, relay: Relay | None = None, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._relay = relay
+        self._monotonic = monotonic
         self._relaying: set[asyncio.Task[bool]] = set()
         self._sessions: dict[str, AgentSession] = {}
         self._log_requests: dict[str, asyncio.Queue[types_pb2.LogChunk]] = {}
@@ -48,11 +107,13 @@ class SessionHub:
         self._job_signals: dict[str, asyncio.Event] = {}
 
     # --- agent sessions -------------------------------------------------------------
-    def open(self, dataplane: str) -> AgentSession:
+    def open(
+        self, dataplane: str, *, accepts_batches: bool = False, launch_memory_s: float = 0.0
+    ) -> AgentSession:
         previous = self._sessions.get(dataplane)
         if previous is not None:
             previous.close("replaced by a newer stream of the same dataplane")
-        session = AgentSession(dataplane)
+        session = AgentSession(dataplane, accepts_batches, launch_memory_s, self._monotonic)
         self._sessions[dataplane] = session
         return session
 

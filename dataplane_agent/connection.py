@@ -260,10 +260,13 @@ class Connection:
             if message is grpc.aio.EOF:
                 return
             assert isinstance(message, agent_pb2.ControlMessage)
-            try:
-                await self._handle(message, launcher, outbox)
-            except OSError:
-                log.exception("could not act on the control plane's %s", message.WhichOneof("body"))
+            # A batch is its messages one by one, in order (never nested).
+            batch = message.batch.messages if message.HasField("batch") else [message]
+            for one in batch:
+                try:
+                    await self._handle(one, launcher, outbox)
+                except OSError:
+                    log.exception("could not act on the control plane's %s", one.WhichOneof("body"))
 
     # -- what the control plane asks -------------------------------------------------------------
 
@@ -286,6 +289,8 @@ class Connection:
                 await self._send_log(message.log_request, launcher, outbox)
             case "welcome":
                 log.warning("ignoring a second welcome from the control plane")
+            case "batch":
+                log.warning("ignoring a batch inside a batch")
             case other:
                 log.warning("ignoring an unknown control message (%s)", other)
 

@@ -81,6 +81,7 @@ def hello(pool_file: PoolFile, credential: str, agent_version: str) -> agent_pb2
     return agent_pb2.AgentMessage(hello=agent_pb2.Hello(
         dataplane=dataplane.name, region=dataplane.region, cloud=dataplane.cloud,
         credential=credential, agent_version=agent_version, labels=dataplane.labels,
+        accepts_batches=True,
     ))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from datetime import timedelta
 
 import grpc
@@ -93,7 +93,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             hello.agent_version,
             self._clock.now(),
         )
-        session = self._hub.open(hello.dataplane)
+        session = self._hub.open(
+            hello.dataplane,
+            accepts_batches=hello.accepts_batches,
+            # A heartbeat sent before a launch arrived leaves it out; within an interval
+            # of the launch, that is no reason to send it again.
+            launch_memory_s=self._heartbeat_interval.total_seconds(),
+        )
         await self._replicas.claim_stream(hello.dataplane, self._replica_id)
         log.info(
             "dataplane %s connected (session %s, agent %s)",
@@ -110,7 +116,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         await context.write(welcome)
         reader = asyncio.create_task(self._read(request_iterator, session, hello))
         try:
-            while (message := await session.outbox.get()) is not None:
+            while (message := await session.next_message()) is not None:
                 await context.write(message)
         finally:
             reader.cancel()
@@ -211,40 +217,59 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             update = message.attempt_update
             # One report per run of distinct attempts: a later change of the same attempt
             # (RUNNING, then SUCCEEDED) is applied after the earlier, as if sent alone.
-            for statuses in _runs_of_distinct_attempts([update.status, *update.more]):
-                await self._report(session, None, statuses, full_state=False)
+            # All are queued now, in order, before anything is awaited: they share a
+            # group commit, and stay ahead of the agent's later messages.
+            pending: list[Coroutine[None, None, None]] = []
+            try:
+                for statuses in _runs_of_distinct_attempts([update.status, *update.more]):
+                    pending.append(self._report(session, None, statuses, full_state=False))
+            except ProtocolError:
+                for report in pending:   # queued already; the stream ends with the error
+                    report.close()
+                raise
+            await asyncio.gather(*pending)
         elif kind == "log_chunk":
             self._hub.deliver_log(clipped_log_chunk(message.log_chunk))
         else:
             raise ProtocolError(f"{kind or 'message'}: not allowed after the hello")
 
-    async def _report(
+    def _report(
         self,
         session: AgentSession,
         pools: list[PoolRecord] | None,
         statuses: Iterable[agent_pb2.AttemptStatus],
         *,
         full_state: bool,
-    ) -> None:
+    ) -> Coroutine[None, None, None]:
+        """Queue the report for the registry now (reports keep the order of these calls);
+        the coroutine returned awaits its outcome and acts on it."""
         try:
             reported = [reported_from_proto(s) for s in statuses]
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
-        started = time.perf_counter()
+        # Revocation is checked in the report's own transaction: no extra read a beat.
+        queued = self._dataplanes.apply_report(
+            session.dataplane, pools, reported, full_state=full_state,
+            now=self._clock.now(), refuse_revoked=self._access.enabled,
+        )
+        return self._act_on(session, queued, time.perf_counter())
+
+    async def _act_on(
+        self, session: AgentSession, queued: asyncio.Future[ReportOutcome], started: float
+    ) -> None:
         try:
-            # Revocation is checked in the report's own transaction: no extra read a beat.
-            outcome: ReportOutcome = await self._dataplanes.apply_report(
-                session.dataplane, pools, reported, full_state=full_state,
-                now=self._clock.now(), refuse_revoked=self._access.enabled,
-            )
+            outcome = await queued
         except TokenRevoked as error:
             raise RevokedError(str(error)) from error
         if self._metrics is not None:
             self._metrics.heartbeat_handled(time.perf_counter() - started)
             for phase, reason in outcome.ended:
                 self._metrics.attempts_ended(phase, reason)
+        # The heartbeat may predate a launch still on its way: one this stream carried
+        # lately is not sent again (one that went unheard is, by a later heartbeat).
         for attempt, spec in outcome.launches:
-            session.send(launch_message(attempt, spec))
+            if not session.launched_lately(attempt.id):
+                session.send(launch_message(attempt, spec))
         for attempt_id in outcome.plan.cancel:
             session.send(cancel_message(attempt_id, "the control plane does not want it"))
         for attempt_id in outcome.plan.forget:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import partial
@@ -74,7 +75,7 @@ class DataplaneStore:
                 row.agent_version = agent_version
                 row.last_heartbeat_at = now
 
-    async def apply_report(
+    def apply_report(
         self,
         dataplane: str,
         pools: Sequence[PoolRecord] | None,
@@ -83,12 +84,12 @@ class DataplaneStore:
         full_state: bool,
         now: datetime,
         refuse_revoked: bool = False,
-    ) -> ReportOutcome:
-        """Apply one agent report: pools, liveness, and the reconciled attempts. Reports
-        arriving together share one transaction (see group_commit.py); each is applied as
-        if alone, in arrival order."""
+    ) -> asyncio.Future[ReportOutcome]:
+        """Apply one agent report: pools, liveness, and the reconciled attempts; await the
+        outcome. Reports arriving together share one transaction (see group_commit.py);
+        each is applied as if alone, in the order of the calls (queued when called)."""
         report = Report(dataplane, pools, tuple(reported), full_state, now, refuse_revoked)
-        return await self._reports.write(report)
+        return self._reports.write(report)
 
     async def expire(
         self, dataplanes: Sequence[str], now: datetime, heard_before: datetime

@@ -46,8 +46,9 @@ class GroupCommit(Generic[In, Out]):
         self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def write(self, item: In) -> Out:
-        """Apply one write (in some batch) and return its result."""
+    def write(self, item: In) -> asyncio.Future[Out]:
+        """Queue one write (for some batch) and return its result to await. It is queued
+        when called, not when awaited: writes keep the order of the calls."""
         loop = asyncio.get_running_loop()
         if self._writer is None or self._writer.done() or self._loop is not loop:
             # Started on first use, in the caller's loop (tests run several loops in turn).
@@ -57,7 +58,7 @@ class GroupCommit(Generic[In, Out]):
         assert self._queue is not None
         future: asyncio.Future[Out] = loop.create_future()
         self._queue.put_nowait((item, future))
-        return await future
+        return future
 
     async def _run(self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]) -> None:
         while True:

@@ -16,7 +16,6 @@ from control_plane.domain.usage import AttemptSpan, day_start
 from control_plane.registry.attempt_states import ATTEMPTS, JOB_EVENTS, JOBS
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
-from control_plane.registry.rows import attempt_record
 from control_plane.registry.tables import AttemptRow, JobRow, PolicyVersionRow, PoolRow
 
 
@@ -44,6 +43,7 @@ class PlacementOrder:
     pool: str
     gpus: int
     why: str
+    spec: dict[str, Any]   # as the pass read it: a job's spec never changes after submit
 
 
 class SchedulingStore:
@@ -122,10 +122,10 @@ class SchedulingStore:
         async with self._db.write() as session:
             # One statement locks every job of the plan that is still QUEUED (Core: the
             # scheduler's writes are as hot as the agents').
-            jobs: dict[str, tuple[int, Any]] = {}
+            epochs: dict[str, int] = {}
             if orders:
                 query = (
-                    sa.select(JOBS.c.id, JOBS.c.epoch, JOBS.c.spec)
+                    sa.select(JOBS.c.id, JOBS.c.epoch)
                     .where(
                         JOBS.c.id.in_(sorted(order.job_id for order in orders)),
                         JOBS.c.phase == JobPhase.QUEUED.value,
@@ -133,16 +133,14 @@ class SchedulingStore:
                     .order_by(JOBS.c.id)
                     .with_for_update()
                 )
-                rows = await session.execute(query)
-                jobs = {job_id: (epoch, spec) for job_id, epoch, spec in rows}
+                epochs = {job_id: epoch for job_id, epoch in await session.execute(query)}
             attempts: list[dict[str, Any]] = []
             updates: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
             for order in orders:
-                if order.job_id not in jobs:
+                if order.job_id not in epochs:
                     continue
-                previous_epoch, spec = jobs[order.job_id]
-                epoch = previous_epoch + 1
+                epoch = epochs[order.job_id] + 1
                 attempt_id = f"{order.job_id}-{epoch}"
                 attempt: dict[str, Any] = {
                     "id": attempt_id,
@@ -172,7 +170,16 @@ class SchedulingStore:
                     {"job_id": order.job_id, "at": now, "phase": JobPhase.SCHEDULED.value,
                      "attempt_id": attempt_id, "kind": "scheduled", "message": order.why}
                 )
-                created.append((attempt_record(AttemptRow(**attempt)), dict(spec)))
+                created.append((
+                    AttemptRecord(
+                        id=attempt_id, job_id=order.job_id, epoch=epoch,
+                        dataplane=order.dataplane, pool=order.pool, gpus=order.gpus,
+                        phase=AttemptPhase.PENDING, reason="", message="", exit_code=None,
+                        cancel_requested=False, created_at=now, started_at=None,
+                        finished_at=None,
+                    ),
+                    order.spec,
+                ))
             if attempts:
                 await session.execute(sa.insert(ATTEMPTS), attempts)
                 await session.execute(

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from fleet.v1 import types_pb2 as fleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/agent.proto\x12\x08\x66leet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66leet/v1/types.proto\"\xbe\x01\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fleet.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.fleet.v1.HeartbeatH\x00\x12\x31\n\x0e\x61ttempt_update\x18\x03 \x01(\x0b\x32\x17.fleet.v1.AttemptUpdateH\x00\x12\'\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x12.fleet.v1.LogChunkH\x00\x42\x06\n\x04\x62ody\"\xc0\x01\n\x05Hello\x12\x11\n\tdataplane\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\x12\x12\n\ncredential\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12+\n\x06labels\x18\x06 \x03(\x0b\x32\x1b.fleet.v1.Hello.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x05pools\x18\x03 \x03(\x0b\x32\x0e.fleet.v1.Pool\x12)\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x17.fleet.v1.AttemptStatus\"_\n\rAttemptUpdate\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.fleet.v1.AttemptStatus\x12%\n\x04more\x18\x02 \x03(\x0b\x32\x17.fleet.v1.AttemptStatus\"\xb0\x02\n\rAttemptStatus\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12%\n\x05phase\x18\x05 \x01(\x0e\x32\x16.fleet.v1.AttemptPhase\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x16\n\texit_code\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outputs\x18\x0b \x01(\x0c\x42\x0c\n\n_exit_code\"\xf9\x01\n\x0e\x43ontrolMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fleet.v1.WelcomeH\x00\x12\"\n\x06launch\x18\x02 \x01(\x0b\x32\x10.fleet.v1.LaunchH\x00\x12\"\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x10.fleet.v1.CancelH\x00\x12\"\n\x06\x66orget\x18\x04 \x01(\x0b\x32\x10.fleet.v1.ForgetH\x00\x12 \n\x05\x64rain\x18\x05 \x01(\x0b\x32\x0f.fleet.v1.DrainH\x00\x12+\n\x0blog_request\x18\x06 \x01(\x0b\x32\x14.fleet.v1.LogRequestH\x00\x42\x06\n\x04\x62ody\"s\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15\x63ontrol_plane_version\x18\x03 \x01(\t\"j\n\x06Launch\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x1f\n\x04spec\x18\x05 \x01(\x0b\x32\x11.fleet.v1.JobSpec\"]\n\x06\x43\x61ncel\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1c\n\x06\x46orget\x12\x12\n\nattempt_id\x18\x01 \x01(\t\"E\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x12\n\ntail_bytes\x18\x03 \x01(\r2O\n\x0c\x41gentService\x12?\n\x07\x43onnect\x12\x16.fleet.v1.AgentMessage\x1a\x18.fleet.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66leet/v1/agent.proto\x12\x08\x66leet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x66leet/v1/types.proto\"\xbe\x01\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fleet.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.fleet.v1.HeartbeatH\x00\x12\x31\n\x0e\x61ttempt_update\x18\x03 \x01(\x0b\x32\x17.fleet.v1.AttemptUpdateH\x00\x12\'\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x12.fleet.v1.LogChunkH\x00\x42\x06\n\x04\x62ody\"\xd9\x01\n\x05Hello\x12\x11\n\tdataplane\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05\x63loud\x18\x03 \x01(\t\x12\x12\n\ncredential\x18\x04 \x01(\t\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12+\n\x06labels\x18\x06 \x03(\x0b\x32\x1b.fleet.v1.Hello.LabelsEntry\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x05pools\x18\x03 \x03(\x0b\x32\x0e.fleet.v1.Pool\x12)\n\x08\x61ttempts\x18\x04 \x03(\x0b\x32\x17.fleet.v1.AttemptStatus\"_\n\rAttemptUpdate\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.fleet.v1.AttemptStatus\x12%\n\x04more\x18\x02 \x03(\x0b\x32\x17.fleet.v1.AttemptStatus\"\xb0\x02\n\rAttemptStatus\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12%\n\x05phase\x18\x05 \x01(\x0e\x32\x16.fleet.v1.AttemptPhase\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x16\n\texit_code\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outputs\x18\x0b \x01(\x0c\x42\x0c\n\n_exit_code\"\xa2\x02\n\x0e\x43ontrolMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fleet.v1.WelcomeH\x00\x12\"\n\x06launch\x18\x02 \x01(\x0b\x32\x10.fleet.v1.LaunchH\x00\x12\"\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x10.fleet.v1.CancelH\x00\x12\"\n\x06\x66orget\x18\x04 \x01(\x0b\x32\x10.fleet.v1.ForgetH\x00\x12 \n\x05\x64rain\x18\x05 \x01(\x0b\x32\x0f.fleet.v1.DrainH\x00\x12+\n\x0blog_request\x18\x06 \x01(\x0b\x32\x14.fleet.v1.LogRequestH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.fleet.v1.ControlBatchH\x00\x42\x06\n\x04\x62ody\":\n\x0c\x43ontrolBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.fleet.v1.ControlMessage\"s\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x15\x63ontrol_plane_version\x18\x03 \x01(\t\"j\n\x06Launch\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x1f\n\x04spec\x18\x05 \x01(\x0b\x32\x11.fleet.v1.JobSpec\"]\n\x06\x43\x61ncel\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1c\n\x06\x46orget\x12\x12\n\nattempt_id\x18\x01 \x01(\t\"E\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\nLogRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\x12\n\ntail_bytes\x18\x03 \x01(\r2O\n\x0c\x41gentService\x12?\n\x07\x43onnect\x12\x16.fleet.v1.AgentMessage\x1a\x18.fleet.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,29 +39,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTMESSAGE']._serialized_start=122
   _globals['_AGENTMESSAGE']._serialized_end=312
   _globals['_HELLO']._serialized_start=315
-  _globals['_HELLO']._serialized_end=507
-  _globals['_HELLO_LABELSENTRY']._serialized_start=462
-  _globals['_HELLO_LABELSENTRY']._serialized_end=507
-  _globals['_HEARTBEAT']._serialized_start=510
-  _globals['_HEARTBEAT']._serialized_end=653
-  _globals['_ATTEMPTUPDATE']._serialized_start=655
-  _globals['_ATTEMPTUPDATE']._serialized_end=750
-  _globals['_ATTEMPTSTATUS']._serialized_start=753
-  _globals['_ATTEMPTSTATUS']._serialized_end=1057
-  _globals['_CONTROLMESSAGE']._serialized_start=1060
-  _globals['_CONTROLMESSAGE']._serialized_end=1309
-  _globals['_WELCOME']._serialized_start=1311
-  _globals['_WELCOME']._serialized_end=1426
-  _globals['_LAUNCH']._serialized_start=1428
-  _globals['_LAUNCH']._serialized_end=1534
-  _globals['_CANCEL']._serialized_start=1536
-  _globals['_CANCEL']._serialized_end=1629
-  _globals['_FORGET']._serialized_start=1631
-  _globals['_FORGET']._serialized_end=1659
-  _globals['_DRAIN']._serialized_start=1661
-  _globals['_DRAIN']._serialized_end=1730
-  _globals['_LOGREQUEST']._serialized_start=1732
-  _globals['_LOGREQUEST']._serialized_end=1804
-  _globals['_AGENTSERVICE']._serialized_start=1806
-  _globals['_AGENTSERVICE']._serialized_end=1885
+  _globals['_HELLO']._serialized_end=532
+  _globals['_HELLO_LABELSENTRY']._serialized_start=487
+  _globals['_HELLO_LABELSENTRY']._serialized_end=532
+  _globals['_HEARTBEAT']._serialized_start=535
+  _globals['_HEARTBEAT']._serialized_end=678
+  _globals['_ATTEMPTUPDATE']._serialized_start=680
+  _globals['_ATTEMPTUPDATE']._serialized_end=775
+  _globals['_ATTEMPTSTATUS']._serialized_start=778
+  _globals['_ATTEMPTSTATUS']._serialized_end=1082
+  _globals['_CONTROLMESSAGE']._serialized_start=1085
+  _globals['_CONTROLMESSAGE']._serialized_end=1375
+  _globals['_CONTROLBATCH']._serialized_start=1377
+  _globals['_CONTROLBATCH']._serialized_end=1435
+  _globals['_WELCOME']._serialized_start=1437
+  _globals['_WELCOME']._serialized_end=1552
+  _globals['_LAUNCH']._serialized_start=1554
+  _globals['_LAUNCH']._serialized_end=1660
+  _globals['_CANCEL']._serialized_start=1662
+  _globals['_CANCEL']._serialized_end=1755
+  _globals['_FORGET']._serialized_start=1757
+  _globals['_FORGET']._serialized_end=1785
+  _globals['_DRAIN']._serialized_start=1787
+  _globals['_DRAIN']._serialized_end=1856
+  _globals['_LOGREQUEST']._serialized_start=1858
+  _globals['_LOGREQUEST']._serialized_end=1930
+  _globals['_AGENTSERVICE']._serialized_start=1932
+  _globals['_AGENTSERVICE']._serialized_end=2011
 # @@protoc_insertion_point(module_scope)

@@ -95,11 +95,16 @@ class Hello(_message.Message):
     CREDENTIAL_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     dataplane: _builtins.str
     region: _builtins.str
     cloud: _builtins.str
     credential: _builtins.str
     agent_version: _builtins.str
+    accepts_batches: _builtins.bool
+    """The agent understands ControlMessage.batch. A control plane sends batches only to
+    agents that say so (older agents would drop them as unknown messages).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -111,10 +116,11 @@ class Hello(_message.Message):
         credential: _builtins.str = ...,
         agent_version: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cloud", b"cloud", "credential", b"credential", "dataplane", b"dataplane", "labels", b"labels", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "agent_version", b"agent_version", "cloud", b"cloud", "credential", b"credential", "dataplane", b"dataplane", "labels", b"labels", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,6 +251,7 @@ class ControlMessage(_message.Message):
     FORGET_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     LOG_REQUEST_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -257,6 +264,8 @@ class ControlMessage(_message.Message):
     def drain(self) -> Global___Drain: ...
     @_builtins.property
     def log_request(self) -> Global___LogRequest: ...
+    @_builtins.property
+    def batch(self) -> Global___ControlBatch: ...
     def __init__(
         self,
         *,
@@ -266,16 +275,42 @@ class ControlMessage(_message.Message):
         forget: Global___Forget | None = ...,
         drain: Global___Drain | None = ...,
         log_request: Global___LogRequest | None = ...,
+        batch: Global___ControlBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "drain", b"drain", "forget", b"forget", "launch", b"launch", "log_request", b"log_request", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "cancel", b"cancel", "drain", b"drain", "forget", b"forget", "launch", b"launch", "log_request", b"log_request", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "drain", b"drain", "forget", b"forget", "launch", b"launch", "log_request", b"log_request", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "cancel", b"cancel", "drain", b"drain", "forget", b"forget", "launch", b"launch", "log_request", b"log_request", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "launch", "cancel", "forget", "drain", "log_request"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "launch", "cancel", "forget", "drain", "log_request", "batch"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___ControlMessage: _TypeAlias = ControlMessage  # noqa: Y015
+
+@_typing.final
+class ControlBatch(_message.Message):
+    """Messages the control plane had waiting for this agent, sent as one (a pass that places
+    hundreds of attempts on a dataplane sends one message, not hundreds). The agent acts on
+    them in order, as if they came one by one. Never nested; never a welcome.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ControlMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ControlMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlBatch: _TypeAlias = ControlBatch  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):

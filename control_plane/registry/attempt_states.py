@@ -88,13 +88,33 @@ _JOB_WRITES = ["phase", "current_attempt_id", "retries_used", "message", "starte
                "finished_at", "updated_at"]
 
 
-async def read_attempts(
-    session: AsyncSession, where: sa.ColumnElement[bool], *, lock: bool = False
-) -> list[AttemptState]:
+def select_attempts(where: sa.ColumnElement[bool], *, lock: bool = False) -> sa.Select[Any]:
+    """The query of read_attempts. Hot paths build theirs once, at import, with bound
+    parameters: building a statement and its cache key costs more than running it."""
     query = sa.select(*(ATTEMPTS.c[name] for name in _ATTEMPT_COLUMNS)).where(where)
     if lock:
         query = query.order_by(ATTEMPTS.c.id).with_for_update()
-    return [AttemptState(*row) for row in await session.execute(query)]
+    return query
+
+
+async def read_attempts(
+    session: AsyncSession, query: sa.Select[Any], params: dict[str, Any] | None = None
+) -> list[AttemptState]:
+    """The attempts of a select_attempts query."""
+    return [AttemptState(*row) for row in await session.execute(query, params)]
+
+
+def list_param(name: str) -> sa.BindParameter[Any]:
+    """A list parameter for IN (expanding: one cached statement whatever the length)."""
+    return sa.bindparam(name, expanding=True)
+
+
+_LOCK_JOBS = (
+    sa.select(*(JOBS.c[name] for name in _JOB_COLUMNS))
+    .where(JOBS.c.id.in_(list_param("ids")))
+    .order_by(JOBS.c.id)
+    .with_for_update()
+)
 
 
 async def lock_jobs(session: AsyncSession, job_ids: Iterable[str]) -> dict[str, JobState]:
@@ -103,13 +123,20 @@ async def lock_jobs(session: AsyncSession, job_ids: Iterable[str]) -> dict[str, 
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    query = (
-        sa.select(*(JOBS.c[name] for name in _JOB_COLUMNS))
-        .where(JOBS.c.id.in_(ids))
-        .order_by(JOBS.c.id)
-        .with_for_update()
+    return {row[0]: JobState(*row) for row in await session.execute(_LOCK_JOBS, {"ids": ids})}
+
+
+def _update_by_id(table: sa.Table, columns: list[str]) -> sa.Update:
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("key"))
+        .values({name: sa.bindparam(name) for name in columns})
     )
-    return {row[0]: JobState(*row) for row in await session.execute(query)}
+
+
+_UPDATE_ATTEMPTS = _update_by_id(ATTEMPTS, _ATTEMPT_WRITES)
+_UPDATE_JOBS = _update_by_id(JOBS, _JOB_WRITES)
+_INSERT_EVENTS = sa.insert(JOB_EVENTS)
 
 
 async def write_changes(
@@ -119,26 +146,21 @@ async def write_changes(
     events: Sequence[dict[str, Any]],
 ) -> None:
     """Write back what changed: one executemany per table, one insert of the events."""
-    await _write(session, ATTEMPTS, _ATTEMPT_WRITES, [a for a in attempts if a.dirty])
-    await _write(session, JOBS, _JOB_WRITES, [j for j in jobs if j.dirty])
+    await _write(session, _UPDATE_ATTEMPTS, _ATTEMPT_WRITES, [a for a in attempts if a.dirty])
+    await _write(session, _UPDATE_JOBS, _JOB_WRITES, [j for j in jobs if j.dirty])
     if events:
-        await session.execute(sa.insert(JOB_EVENTS), list(events))
+        await session.execute(_INSERT_EVENTS, list(events))
 
 
 async def _write(
-    session: AsyncSession, table: sa.Table, columns: list[str], states: Sequence[Any]
+    session: AsyncSession, statement: sa.Update, columns: list[str], states: Sequence[Any]
 ) -> None:
-    if not states:
-        return
-    statement = (
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("key"))
-        .values({name: sa.bindparam(name) for name in columns})
-    )
-    await session.execute(
-        statement,
-        [{"key": state.id, **{name: getattr(state, name) for name in columns}} for state in states],
-    )
+    if states:
+        await session.execute(
+            statement,
+            [{"key": state.id, **{name: getattr(state, name) for name in columns}}
+             for state in states],
+        )
 
 
 def job_event(
@@ -193,7 +215,8 @@ async def apply_attempt_change(
     message = step.message
     if step.phase is JobPhase.FAILED:
         earlier = await read_attempts(
-            session, sa.and_(ATTEMPTS.c.job_id == job.id, ATTEMPTS.c.id != attempt.id)
+            session,
+            select_attempts(sa.and_(ATTEMPTS.c.job_id == job.id, ATTEMPTS.c.id != attempt.id)),
         )
         message += attempt_history([*earlier, attempt])
     job.dirty = True

@@ -22,6 +22,7 @@ from control_plane.registry.attempt_states import (
     apply_attempt_change,
     lock_jobs,
     read_attempts,
+    select_attempts,
     write_changes,
 )
 from control_plane.registry.database import Database
@@ -39,11 +40,16 @@ from control_plane.registry.rows import attempt_record
 from control_plane.registry.tables import AttemptRow, DataplaneRow
 
 
+# A lone agent report waits this long for others to share its transaction. Reports are
+# not on the dispatch path (submit -> placement -> launch); a job's end shows this late.
+REPORT_LINGER_S = 0.01
+
+
 class DataplaneStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._reports: GroupCommit[Report, ReportOutcome] = GroupCommit(
-            partial(apply_reports, db), name="agent-reports"
+            partial(apply_reports, db), linger_s=REPORT_LINGER_S, name="agent-reports"
         )
         db.close_with(self._reports.close)
 
@@ -116,10 +122,13 @@ class DataplaneStore:
             ]
             lost = await read_attempts(
                 session,
-                sa.and_(
-                    ATTEMPTS.c.dataplane.in_(silent), ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES)
+                select_attempts(
+                    sa.and_(
+                        ATTEMPTS.c.dataplane.in_(silent),
+                        ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES),
+                    ),
+                    lock=True,
                 ),
-                lock=True,
             )
             jobs = await lock_jobs(session, (attempt.job_id for attempt in lost))
             events: list[dict[str, Any]] = []

@@ -37,10 +37,12 @@ class GroupCommit(Generic[In, Out]):
         apply: Callable[[Sequence[In]], Awaitable[Sequence[Out | BaseException]]],
         *,
         max_batch: int = MAX_BATCH,
+        linger_s: float = 0.0,
         name: str = "group-commit",
     ) -> None:
         self._apply = apply
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._name = name
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -63,11 +65,15 @@ class GroupCommit(Generic[In, Out]):
     async def _run(self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]) -> None:
         while True:
             batch = [await queue.get()]
-            while len(batch) < self._max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
             # A caller that gave up (its RPC was cancelled) still has its write applied:
             # it may already be acknowledged elsewhere, and results are idempotent anyway.
             try:
+                if self._linger_s and queue.empty():
+                    # Alone: wait a moment for company. A transaction costs ten times what
+                    # one more write in it does, and a fleet's heartbeats come spread out.
+                    await asyncio.sleep(self._linger_s)
+                while len(batch) < self._max_batch and not queue.empty():
+                    batch.append(queue.get_nowait())
                 results = await self._apply([item for item, _ in batch])
             except asyncio.CancelledError:
                 for _, future in batch:

@@ -27,8 +27,10 @@ from control_plane.registry.attempt_states import (
     AttemptState,
     JobState,
     apply_attempt_change,
+    list_param,
     lock_jobs,
     read_attempts,
+    select_attempts,
     write_changes,
 )
 from control_plane.registry.database import Database
@@ -68,6 +70,31 @@ class TokenRevoked(Exception):
 
 
 
+# The batch's statements, built once (see attempt_states.select_attempts).
+_LOCK_DATAPLANES = (
+    sa.select(DATAPLANES.c.name, DATAPLANES.c.token_revoked_at)
+    .where(DATAPLANES.c.name.in_(list_param("names")))
+    .order_by(DATAPLANES.c.name)
+    .with_for_update()
+)
+_HEARD = (
+    sa.update(DATAPLANES)
+    .where(DATAPLANES.c.name == sa.bindparam("key"))
+    .values(last_heartbeat_at=sa.bindparam("heard"))
+)
+_LIVE_ON = sa.and_(
+    ATTEMPTS.c.dataplane.in_(list_param("full")), ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES)
+)
+_NAMED = ATTEMPTS.c.id.in_(list_param("named"))
+# By what the batch holds: full-state reports, named attempts, or both.
+_ATTEMPTS_OF = {
+    (True, False): select_attempts(_LIVE_ON),
+    (False, True): select_attempts(_NAMED),
+    (True, True): select_attempts(sa.or_(_LIVE_ON, _NAMED)),
+}
+_SPECS = sa.select(JOBS.c.id, JOBS.c.spec).where(JOBS.c.id.in_(list_param("ids")))
+
+
 async def apply_reports(db: Database, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
     """One transaction for a batch of reports, with a few statements for all of them
     (SQLAlchemy Core: this is the hottest write path; see attempt_states.py)."""
@@ -78,13 +105,7 @@ async def apply_reports(db: Database, reports: Sequence[Report]) -> list[ReportO
         # take the same locks in the same order, so none of them acts on these
         # attempts meanwhile and none deadlocks with another.
         revoked: dict[str, datetime | None] = {
-            name: at
-            for name, at in await session.execute(
-                sa.select(DATAPLANES.c.name, DATAPLANES.c.token_revoked_at)
-                .where(DATAPLANES.c.name.in_(names))
-                .order_by(DATAPLANES.c.name)
-                .with_for_update()
-            )
+            name: at for name, at in await session.execute(_LOCK_DATAPLANES, {"names": names})
         }
         pools = await _PoolWrites.read(session, [r for r in reports if r.pools is not None])
         attempts = await _attempts_of(session, reports)
@@ -107,10 +128,7 @@ async def apply_reports(db: Database, reports: Sequence[Report]) -> list[ReportO
                 results.append(outcome)
         if heard:
             await session.execute(
-                sa.update(DATAPLANES)
-                .where(DATAPLANES.c.name == sa.bindparam("key"))
-                .values(last_heartbeat_at=sa.bindparam("heard")),
-                [{"key": name, "heard": at} for name, at in heard.items()],
+                _HEARD, [{"key": name, "heard": at} for name, at in heard.items()]
             )
         await pools.write(session)
         await write_changes(
@@ -135,6 +153,16 @@ def _pool_values(pool: PoolRecord) -> dict[str, Any]:
     return values
 
 
+_POOLS_OF = sa.select(
+    POOLS.c.dataplane, POOLS.c.name, *(POOLS.c[c] for c in POOL_COLUMNS)
+).where(POOLS.c.dataplane.in_(list_param("names")))
+_UPDATE_POOL = (
+    sa.update(POOLS)
+    .where(POOLS.c.dataplane == sa.bindparam("key_dp"), POOLS.c.name == sa.bindparam("key_name"))
+    .values({c: sa.bindparam(c) for c in [*POOL_COLUMNS, "updated_at"]})
+)
+
+
 @dataclass
 class _PoolWrites:
     """The pools of the batch's dataplanes as stored, and what the heartbeats change: a row
@@ -150,10 +178,7 @@ class _PoolWrites:
         names = sorted({r.dataplane for r in reports})
         stored: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
         if names:
-            query = sa.select(
-                POOLS.c.dataplane, POOLS.c.name, *(POOLS.c[c] for c in POOL_COLUMNS)
-            ).where(POOLS.c.dataplane.in_(names))
-            for dataplane, name, *values in await session.execute(query):
+            for dataplane, name, *values in await session.execute(_POOLS_OF, {"names": names}):
                 stored[dataplane][name] = dict(zip(POOL_COLUMNS, values, strict=True))
         return cls(stored)
 
@@ -192,10 +217,7 @@ class _PoolWrites:
             )
         if self.changed:
             await session.execute(
-                sa.update(POOLS)
-                .where(POOLS.c.dataplane == sa.bindparam("key_dp"),
-                       POOLS.c.name == sa.bindparam("key_name"))
-                .values({c: sa.bindparam(c) for c in [*POOL_COLUMNS, "updated_at"]}),
+                _UPDATE_POOL,
                 [{"key_dp": dp, "key_name": name, **values}
                  for (dp, name), values in self.changed.items()],
             )
@@ -213,19 +235,13 @@ async def _attempts_of(
     """The attempts the reports name, and every live attempt of the dataplanes that sent
     their full state: all that reconciling the batch may touch, read in one statement;
     by dataplane, then id."""
-    conditions = []
     full = sorted({r.dataplane for r in reports if r.full_state})
-    if full:
-        conditions.append(
-            sa.and_(ATTEMPTS.c.dataplane.in_(full), ATTEMPTS.c.phase.in_(LIVE_ATTEMPT_PHASES))
-        )
     named = sorted({a.id for r in reports for a in r.reported})
-    if named:
-        conditions.append(ATTEMPTS.c.id.in_(named))
-    if not conditions:
+    if not full and not named:
         return {}
+    query = _ATTEMPTS_OF[bool(full), bool(named)]
     by_dataplane: dict[str, dict[str, AttemptState]] = {}
-    for attempt in await read_attempts(session, sa.or_(*conditions)):
+    for attempt in await read_attempts(session, query, {"full": full, "named": named}):
         by_dataplane.setdefault(attempt.dataplane, {})[attempt.id] = attempt
     return by_dataplane
 
@@ -303,10 +319,7 @@ async def _add_specs(session: Any, outcomes: Sequence[ReportOutcome]) -> None:
     if not job_ids:
         return
     specs: dict[str, Any] = {
-        job_id: spec
-        for job_id, spec in await session.execute(
-            sa.select(JOBS.c.id, JOBS.c.spec).where(JOBS.c.id.in_(job_ids))
-        )
+        job_id: spec for job_id, spec in await session.execute(_SPECS, {"ids": job_ids})
     }
     for outcome in outcomes:
         outcome.launches = [

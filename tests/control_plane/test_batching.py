@@ -166,6 +166,41 @@ async def test_a_failed_transaction_fails_its_whole_batch_and_the_next_one_works
     await writes.close()
 
 
+async def test_a_lone_write_waits_its_linger_for_company_and_a_busy_queue_does_not() -> None:
+    batches: list[list[str]] = []
+
+    async def apply(items: Sequence[str]) -> list[str | BaseException]:
+        batches.append(list(items))
+        return list(items)
+
+    writes: GroupCommit[str, str] = GroupCommit(apply, linger_s=0.2)
+    first = writes.write("a")
+    await asyncio.sleep(0.05)   # within a's linger
+    second = writes.write("b")
+    assert await asyncio.gather(first, second) == ["a", "b"]
+    assert batches == [["a", "b"]]   # one transaction, not two
+
+    batches.clear()
+    # Two queued at once: the first has company, nothing waits.
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.gather(writes.write("c"), writes.write("d")) == ["c", "d"]
+    assert batches == [["c", "d"]]
+    assert asyncio.get_running_loop().time() - started < 0.2
+    await writes.close()
+
+
+async def test_a_write_lingering_when_the_writer_stops_is_cancelled_not_left_hanging() -> None:
+    async def apply(items: Sequence[str]) -> list[str | BaseException]:
+        return list(items)
+
+    writes: GroupCommit[str, str] = GroupCommit(apply, linger_s=10.0)
+    lingering = writes.write("a")
+    await asyncio.sleep(0.01)
+    await writes.close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(lingering, 1.0)
+
+
 async def test_an_update_carrying_several_changes_applies_them_in_order(
     database_url: str,
 ) -> None:

@@ -149,11 +149,13 @@ def attempt_to_proto(record: AttemptRecord) -> types_pb2.Attempt:
     )
 
 
-def job_to_proto(record: JobRecord) -> types_pb2.Job:
+def job_to_proto(record: JobRecord, spec: types_pb2.JobSpec | None = None) -> types_pb2.Job:
+    """`spec`: the record's spec as a proto, when the caller has it (a submit does):
+    converting the stored JSON back costs more than all the rest of the job."""
     return types_pb2.Job(
         id=record.id,
         client_key=record.client_key or "",
-        spec=spec_from_json(record.spec),
+        spec=spec_from_json(record.spec) if spec is None else spec,
         phase=enum_to_proto(record.phase),  # type: ignore[arg-type]
         message=record.message,
         epoch=record.epoch,

@@ -73,11 +73,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitRequest, context: Context
     ) -> jobs_pb2.SubmitResponse:
         caller = await self._access.caller(context)
-        new = await self._admit(request, caller, context)
+        new, spec = await self._admit(request, caller, context)
         [(job, created)] = await self._jobs.submit_all([new], self._clock.now())
         if created:
             self._accepted(1)
-        return jobs_pb2.SubmitResponse(job=job_to_proto(job), created=created)
+        return jobs_pb2.SubmitResponse(
+            job=job_to_proto(job, spec if created else None), created=created
+        )
 
     async def SubmitBatch(
         self, request: jobs_pb2.SubmitBatchRequest, context: Context
@@ -89,14 +91,18 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"jobs: {len(request.jobs)} jobs; a batch has 1 to {MAX_SUBMIT_BATCH}",
             )
-        news = [
+        admitted = [
             await self._admit(submit, caller, context, f"jobs[{i}]")
             for i, submit in enumerate(request.jobs)
         ]
-        stored = await self._jobs.submit_all(news, self._clock.now())
+        stored = await self._jobs.submit_all([new for new, _ in admitted], self._clock.now())
         self._accepted(sum(created for _, created in stored))
         return jobs_pb2.SubmitBatchResponse(
-            jobs=[jobs_pb2.SubmitResponse(job=job_to_proto(j), created=c) for j, c in stored]
+            jobs=[
+                jobs_pb2.SubmitResponse(job=job_to_proto(job, spec if created else None),
+                                        created=created)
+                for (job, created), (_, spec) in zip(stored, admitted, strict=True)
+            ]
         )
 
     def _accepted(self, count: int) -> None:
@@ -111,9 +117,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         caller: Principal,
         context: Context,
         where: str = "",
-    ) -> NewJob:
-        """The job to store for one submit, or the call refused (nothing stored). `where`
-        names the submit in a batch (jobs[3]) in every refusal."""
+    ) -> tuple[NewJob, types_pb2.JobSpec]:
+        """The job to store for one submit, and its spec as stored, or the call refused
+        (nothing stored). `where` names the submit in a batch (jobs[3]) in every refusal."""
         path, at = (where + ".", where + ": ") if where else ("", "")
         spec = types_pb2.JobSpec()
         spec.CopyFrom(request.spec)
@@ -143,7 +149,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{at}no dataplane can ever run this job: {impossible}",
             )
-        return new
+        return new, spec
 
     async def Get(self, request: jobs_pb2.GetJobRequest, context: Context) -> types_pb2.Job:
         await check(context, [id_problem("job_id", request.job_id)])

@@ -39,7 +39,6 @@ from control_plane.registry.reports import (
 from control_plane.registry.rows import attempt_record
 from control_plane.registry.tables import AttemptRow, DataplaneRow
 
-
 # A lone agent report waits this long for others to share its transaction. Reports are
 # not on the dispatch path (submit -> placement -> launch); a job's end shows this late.
 REPORT_LINGER_S = 0.01

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -83,7 +84,7 @@ class JobStore:
                 for row in found:
                     known[(row.project, row.client_key)] = job_record(row, attempts.get(row.id))
             results: list[list[tuple[JobRecord, bool]]] = []
-            jobs: list[dict[str, object]] = []
+            jobs: list[dict[str, Any]] = []
             events: list[dict[str, object]] = []
             for submission in submissions:
                 answers: list[tuple[JobRecord, bool]] = []
@@ -104,8 +105,8 @@ class JobStore:
                     answers.append((record, True))
                 results.append(answers)
             if jobs:
-                await session.execute(sa.insert(JOBS), jobs)
-                await session.execute(sa.insert(JOB_EVENTS), events)
+                await session.execute(_INSERT_JOBS, jobs)
+                await session.execute(_INSERT_EVENTS, events)
         return results
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -212,7 +213,11 @@ class JobStore:
         return await self.get(row.id)
 
 
-def _job_values(new: NewJob, now: datetime) -> dict[str, object]:
+_INSERT_JOBS = sa.insert(JOBS)
+_INSERT_EVENTS = sa.insert(JOB_EVENTS)
+
+
+def _job_values(new: NewJob, now: datetime) -> dict[str, Any]:
     return {
         "id": new.id,
         "client_key": new.client_key or None,
@@ -237,6 +242,7 @@ def _job_values(new: NewJob, now: datetime) -> dict[str, object]:
     }
 
 
-def _queued_record(values: dict[str, object]) -> JobRecord:
-    """The record of a job just stored, without reading it back."""
-    return job_record(JobRow(**values))
+def _queued_record(values: dict[str, Any]) -> JobRecord:
+    """The record of a job just stored, without reading it back (nor making a row of it:
+    the columns are the record's fields)."""
+    return JobRecord(**{**values, "phase": JobPhase.QUEUED})

@@ -25,7 +25,8 @@ TIMEOUT_S = 300
 # The tiny size's rows, by the start of their measure (agent counts: bench/fleet_bench.py SIZES).
 ROWS = [
     "submit, single",
-    "submit, batched",
+    "submit, batched (",
+    "submit, batched, while the fleet runs those jobs",
     "submit→launch at 50% of max",
     "submit→launch at 100% of max",
     "end to end: submit→launch→succeeded",

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.records import AttemptRecord, EventRecord, JobRecord, NewJob
-from control_plane.registry.attempt_states import JOB_EVENTS, JOBS
+from control_plane.registry.attempt_states import JOB_EVENTS, JOBS, list_param
 from control_plane.registry.database import Database
 from control_plane.registry.group_commit import GroupCommit
 from control_plane.registry.rows import add_event, attempt_record, event_record, job_record
@@ -68,13 +68,17 @@ class JobStore:
             known: dict[tuple[str, str | None], JobRecord] = {}
             if keyed:
                 # Both columns of the unique index, then the exact pairs (no portable tuple IN).
-                rows = await session.scalars(
-                    sa.select(JobRow).where(
-                        JobRow.project.in_(sorted({project for project, _ in keyed})),
-                        JobRow.client_key.in_(sorted({str(key) for _, key in keyed})),
-                    )
+                # (Core, ids only: nearly every key is new, and this runs for every submit.)
+                candidates = await session.execute(
+                    _BY_KEYS,
+                    {"projects": sorted({project for project, _ in keyed}),
+                     "keys": sorted({str(key) for _, key in keyed})},
                 )
-                found = [row for row in rows if (row.project, row.client_key) in keyed]
+                ids = [job_id for job_id, project, key in candidates if (project, key) in keyed]
+                found = (
+                    list(await session.scalars(sa.select(JobRow).where(JobRow.id.in_(ids))))
+                    if ids else []
+                )
                 attempts: dict[str, list[AttemptRow]] = {}
                 if found:
                     for attempt in await session.scalars(
@@ -213,6 +217,9 @@ class JobStore:
         return await self.get(row.id)
 
 
+_BY_KEYS = sa.select(JOBS.c.id, JOBS.c.project, JOBS.c.client_key).where(
+    JOBS.c.project.in_(list_param("projects")), JOBS.c.client_key.in_(list_param("keys"))
+)
 _INSERT_JOBS = sa.insert(JOBS)
 _INSERT_EVENTS = sa.insert(JOB_EVENTS)
 

@@ -13,7 +13,7 @@ from control_plane.domain.phases import AttemptPhase, JobPhase
 from control_plane.domain.placement import PoolKey
 from control_plane.domain.records import AttemptRecord
 from control_plane.domain.usage import AttemptSpan, day_start
-from control_plane.registry.attempt_states import ATTEMPTS, JOB_EVENTS, JOBS
+from control_plane.registry.attempt_states import ATTEMPTS, JOB_EVENTS, JOBS, list_param
 from control_plane.registry.database import Database
 from control_plane.registry.jobs import LIVE_ATTEMPT_PHASES
 from control_plane.registry.tables import AttemptRow, JobRow, PolicyVersionRow, PoolRow
@@ -106,7 +106,7 @@ class SchedulingStore:
             queued = await _queued(session, limit)
             if not queued:
                 return PassInputs([], 0, {}, {})
-            version = await session.scalar(sa.select(sa.func.max(PolicyVersionRow.version)))
+            version = await session.scalar(_POLICY_VERSION)
             free, holds = await _capacity(session)
         return PassInputs(queued, int(version or 0), free, holds)
 
@@ -124,16 +124,11 @@ class SchedulingStore:
             # scheduler's writes are as hot as the agents').
             epochs: dict[str, int] = {}
             if orders:
-                query = (
-                    sa.select(JOBS.c.id, JOBS.c.epoch)
-                    .where(
-                        JOBS.c.id.in_(sorted(order.job_id for order in orders)),
-                        JOBS.c.phase == JobPhase.QUEUED.value,
-                    )
-                    .order_by(JOBS.c.id)
-                    .with_for_update()
-                )
-                epochs = {job_id: epoch for job_id, epoch in await session.execute(query)}
+                ids = sorted(order.job_id for order in orders)
+                epochs = {
+                    job_id: epoch
+                    for job_id, epoch in await session.execute(_LOCK_QUEUED, {"ids": ids})
+                }
             attempts: list[dict[str, Any]] = []
             updates: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
@@ -164,7 +159,8 @@ class SchedulingStore:
                 attempts.append(attempt)
                 updates.append(
                     {"key": order.job_id, "epoch": epoch, "attempt": attempt_id,
-                     "dataplane": order.dataplane, "pool": order.pool, "why": order.why}
+                     "dataplane": order.dataplane, "pool": order.pool, "why": order.why,
+                     "now": now}
                 )
                 events.append(
                     {"job_id": order.job_id, "at": now, "phase": JobPhase.SCHEDULED.value,
@@ -181,49 +177,63 @@ class SchedulingStore:
                     order.spec,
                 ))
             if attempts:
-                await session.execute(sa.insert(ATTEMPTS), attempts)
-                await session.execute(
-                    sa.update(JOBS)
-                    .where(JOBS.c.id == sa.bindparam("key"))
-                    .values(
-                        epoch=sa.bindparam("epoch"),
-                        phase=JobPhase.SCHEDULED.value,
-                        current_attempt_id=sa.bindparam("attempt"),
-                        dataplane=sa.bindparam("dataplane"),
-                        pool=sa.bindparam("pool"),
-                        message=sa.bindparam("why"),
-                        updated_at=now,
-                    ),
-                    updates,
-                )
-                await session.execute(sa.insert(JOB_EVENTS), events)
+                await session.execute(_INSERT_ATTEMPTS, attempts)
+                await session.execute(_SCHEDULED, updates)
+                await session.execute(_INSERT_EVENTS, events)
             if waiting:
                 await session.execute(
-                    sa.update(JOBS)
-                    .where(
-                        JOBS.c.id == sa.bindparam("job_id"),
-                        JOBS.c.phase == JobPhase.QUEUED.value,
-                    )
-                    .values(message=sa.bindparam("why"), updated_at=now),
-                    [{"job_id": job_id, "why": why} for job_id, why in waiting.items()],
+                    _WAITING,
+                    [{"job_id": job_id, "why": why, "now": now}
+                     for job_id, why in waiting.items()],
                 )
         return created
 
 
-async def _queued(session: Any, limit: int) -> list[QueuedJob]:
-    query = (
-        sa.select(JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message)
-        .where(JOBS.c.phase == JobPhase.QUEUED.value)
-        .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
-        .limit(limit)
+# A pass's statements, built once (see attempt_states.select_attempts).
+_QUEUED = (
+    sa.select(JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message)
+    .where(JOBS.c.phase == JobPhase.QUEUED.value)
+    .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_POLICY_VERSION = sa.select(sa.func.max(PolicyVersionRow.version))
+_LOCK_QUEUED = (
+    sa.select(JOBS.c.id, JOBS.c.epoch)
+    .where(JOBS.c.id.in_(list_param("ids")), JOBS.c.phase == JobPhase.QUEUED.value)
+    .order_by(JOBS.c.id)
+    .with_for_update()
+)
+_INSERT_ATTEMPTS = sa.insert(ATTEMPTS)
+_INSERT_EVENTS = sa.insert(JOB_EVENTS)
+_SCHEDULED = (
+    sa.update(JOBS)
+    .where(JOBS.c.id == sa.bindparam("key"))
+    .values(
+        epoch=sa.bindparam("epoch"),
+        phase=JobPhase.SCHEDULED.value,
+        current_attempt_id=sa.bindparam("attempt"),
+        dataplane=sa.bindparam("dataplane"),
+        pool=sa.bindparam("pool"),
+        message=sa.bindparam("why"),
+        updated_at=sa.bindparam("now"),
     )
+)
+_WAITING = (
+    sa.update(JOBS)
+    .where(JOBS.c.id == sa.bindparam("job_id"), JOBS.c.phase == JobPhase.QUEUED.value)
+    .values(message=sa.bindparam("why"), updated_at=sa.bindparam("now"))
+)
+
+
+async def _queued(session: Any, limit: int) -> list[QueuedJob]:
     return [
         QueuedJob(job_id, dict(spec), priority, created_at, message)
-        for job_id, spec, priority, created_at, message in await session.execute(query)
+        for job_id, spec, priority, created_at, message
+        in await session.execute(_QUEUED, {"limit": limit})
     ]
 
 
-async def _capacity(session: Any) -> tuple[dict[PoolKey, int], dict[PoolKey, int]]:
+def _capacity_query() -> sa.Select[Any]:
     held = (
         sa.select(
             AttemptRow.dataplane,
@@ -243,12 +253,18 @@ async def _capacity(session: Any) -> tuple[dict[PoolKey, int], dict[PoolKey, int
         (PoolRow.gpu_node_free < PoolRow.gpu_free, PoolRow.gpu_node_free),
         else_=PoolRow.gpu_free,
     )
-    query = sa.select(
+    return sa.select(
         PoolRow.dataplane, PoolRow.name, usable, sa.func.coalesce(held.c.gpus, 0)
     ).outerjoin(
         held, sa.and_(held.c.dataplane == PoolRow.dataplane, held.c.pool == PoolRow.name)
     )
-    rows = (await session.execute(query)).all()
+
+
+_CAPACITY = _capacity_query()
+
+
+async def _capacity(session: Any) -> tuple[dict[PoolKey, int], dict[PoolKey, int]]:
+    rows = (await session.execute(_CAPACITY)).all()
     free = {(dp, pool): int(gpu_free) for dp, pool, gpu_free, _ in rows}
     holds = {(dp, pool): int(gpus) for dp, pool, _, gpus in rows if gpus}
     return free, holds

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from control_plane.clock import Clock
 from control_plane.domain.health import Timers, expiry_suspended
 from control_plane.domain.phases import DataplaneHealth
 from control_plane.domain.placement import (
+    CapacityLedger,
     DataplaneView,
     Decision,
     JobDemand,
@@ -51,6 +53,14 @@ log = logging.getLogger(__name__)
 
 # How old the fleet view that submits are checked against may be (see never_fits).
 SUBMIT_VIEW_MAX_AGE_S = 1.0
+
+
+class Wake(enum.Enum):
+    """Why a pass should run: what it must read again."""
+
+    NEW_JOBS = "new jobs"   # only the queue grew: dataplanes and free GPUs as last left
+    CAPACITY = "capacity"   # attempts changed (ended, counted): the free GPUs
+    FLEET = "fleet"         # dataplanes joined, left or changed pools; cordons; policies
 
 
 @dataclass(frozen=True)
@@ -95,13 +105,20 @@ class Scheduler:
         self._records: list[DataplaneRecord] | None = None
         self._fleet_read_at = 0.0
         self._fleet_changed = True
+        # The free GPUs as the last pass left them (its placements taken), for a next pass
+        # woken by new jobs alone; None: read them (see _place_batch).
+        self._ledger: CapacityLedger | None = None
+        self._ledger_read_at = 0.0
+        self._capacity_news = 0   # wakes that said capacity changed, so far
         # What submits check a job against (never_fits): (taken at, pools, policy).
         self._submit_cache: tuple[float, list[PoolRecord], Policy] | None = None
 
-    def wake(self, *, fleet_changed: bool = True) -> None:
-        """Run a pass soon. fleet_changed=False (new jobs, an attempt that ended): the
-        dataplanes themselves did not change, so the pass may reuse their last reading."""
-        self._fleet_changed = self._fleet_changed or fleet_changed
+    def wake(self, news: Wake = Wake.FLEET) -> None:
+        """Run a pass soon, because of `news` (what the pass must read again)."""
+        if news is not Wake.NEW_JOBS:
+            self._ledger = None
+            self._capacity_news += 1
+        self._fleet_changed = self._fleet_changed or news is Wake.FLEET
         self._wake.set()
 
     @property
@@ -161,6 +178,8 @@ class Scheduler:
     async def _tick(self) -> PassResult:
         records = await self._fleet()
         expired = await self._expire_lost(records)
+        if expired:
+            self.wake(Wake.CAPACITY)   # their GPUs are held no more (and a pass follows)
         now = self._clock.now()
         if any(r.drain_deadline is not None and r.drain_deadline <= now for r in records):
             await self._preempt_drained()
@@ -251,14 +270,26 @@ class Scheduler:
         return version, place(demand, views, ledger, policy, await self.quota_usage(policy))
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
-        inputs = await self._scheduling.pass_inputs(self._batch)
+        # Free capacity changes with heartbeats, ended attempts and other replicas' agents
+        # (read again on that news, and every interval), and with this pass's own
+        # placements (taken from the ledger as they are made).
+        if time.monotonic() - self._ledger_read_at >= self._interval_s:
+            self._ledger = None
+        news = self._capacity_news
+        inputs = await self._scheduling.pass_inputs(self._batch, capacity=self._ledger is None)
         queued = inputs.queued
         if not queued:
             return 0, 0, False
         _, policy = await self.current_policy(inputs.policy_version)
         self._remember_pools(records, policy)
         views = self.views(records)
-        ledger = ledger_for(inputs.free, inputs.holds)
+        if inputs.free is not None and inputs.holds is not None:
+            self._ledger = ledger_for(inputs.free, inputs.holds)
+            self._ledger_read_at = time.monotonic()
+        ledger = self._ledger
+        assert ledger is not None
+        # Kept for the next pass only once this one's plan is applied in full.
+        self._ledger = None
         usage = await self.quota_usage(policy)
         jobs = sorted(
             ((demand_from_json(job.job_id, job.spec), job) for job in queued),
@@ -289,6 +320,10 @@ class Scheduler:
             return 0, 0, False
         now = self._clock.now()
         created = await self._scheduling.apply(orders, waiting, now)
+        # (Not if capacity news came meanwhile, nor if a job cancelled meanwhile kept
+        # GPUs taken.)
+        if news == self._capacity_news and len(created) == len(orders):
+            self._ledger = ledger
         for attempt, spec in created:
             self._hub.send(attempt.dataplane, launch_message(attempt, spec))
             # Per job at debug: at thousands of placements a second, the pass line says it.

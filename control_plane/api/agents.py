@@ -25,7 +25,7 @@ from control_plane.clock import Clock
 from control_plane.domain.records import PoolRecord
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome, TokenRevoked
-from control_plane.scheduler import Scheduler
+from control_plane.scheduler import Scheduler, Wake
 from control_plane.sessions import AgentSession, SessionHub
 from control_plane.wire import (
     cancel_message,
@@ -279,7 +279,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Only news wakes the scheduler: a heartbeat that repeats the last one (most do)
         # leaves the pass to its interval, or thousands of agents would run it nonstop.
         if outcome.changed_jobs or outcome.pools_changed:
-            self._scheduler.wake(fleet_changed=outcome.pools_changed)
+            self._scheduler.wake(Wake.FLEET if outcome.pools_changed else Wake.CAPACITY)
 
 
 async def _receive(

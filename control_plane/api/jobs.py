@@ -30,7 +30,7 @@ from control_plane.domain.records import JobRecord, NewJob
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import DataplaneStore, JobStore
 from control_plane.relay import RELAYED_HEADER, Relay
-from control_plane.scheduler import Scheduler
+from control_plane.scheduler import Scheduler, Wake
 from control_plane.sessions import SessionHub
 from control_plane.wire import (
     cancel_message,
@@ -107,7 +107,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
 
     def _accepted(self, count: int) -> None:
         if count:
-            self._scheduler.wake(fleet_changed=False)
+            self._scheduler.wake(Wake.NEW_JOBS)
             if self._metrics is not None:
                 self._metrics.submitted(count)
 

@@ -26,6 +26,8 @@ Out = TypeVar("Out")
 
 # Enough to amortise a commit, small enough that one batch's transaction stays short.
 MAX_BATCH = 512
+# How long a shutdown waits for the queued writes to be applied.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class GroupCommit(Generic[In, Out]):
@@ -47,6 +49,8 @@ class GroupCommit(Generic[In, Out]):
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = asyncio.Event()   # set: no lingering, apply what is queued
+        self._busy = False                # the writer holds a batch (not waiting for one)
 
     def write(self, item: In) -> asyncio.Future[Out]:
         """Queue one write (for some batch) and return its result to await. It is queued
@@ -56,6 +60,7 @@ class GroupCommit(Generic[In, Out]):
             # Started on first use, in the caller's loop (tests run several loops in turn).
             self._loop = loop
             self._queue = asyncio.Queue()
+            self._closing = asyncio.Event()
             self._writer = loop.create_task(self._run(self._queue), name=self._name)
         assert self._queue is not None
         future: asyncio.Future[Out] = loop.create_future()
@@ -63,15 +68,19 @@ class GroupCommit(Generic[In, Out]):
         return future
 
     async def _run(self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]) -> None:
-        while True:
+        while not (self._closing.is_set() and queue.empty()):
+            self._busy = False
             batch = [await queue.get()]
+            self._busy = True
             # A caller that gave up (its RPC was cancelled) still has its write applied:
             # it may already be acknowledged elsewhere, and results are idempotent anyway.
             try:
-                if self._linger_s and queue.empty():
+                if self._linger_s and queue.empty() and not self._closing.is_set():
                     # Alone: wait a moment for company. A transaction costs ten times what
                     # one more write in it does, and a fleet's heartbeats come spread out.
-                    await asyncio.sleep(self._linger_s)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._linger_s):   # see Scheduler.run
+                            await self._closing.wait()
                 while len(batch) < self._max_batch and not queue.empty():
                     batch.append(queue.get_nowait())
                 results = await self._apply([item for item, _ in batch])
@@ -93,8 +102,18 @@ class GroupCommit(Generic[In, Out]):
                 else:
                     future.set_result(result)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Apply what is queued, then stop: a shutdown does not drop reports already
+        received (an agent does not send them again). Whatever is left after `timeout_s`
+        (the database went away) is cancelled."""
         if self._writer is not None and not self._writer.done():
+            self._closing.set()
+            assert self._queue is not None
+            if self._queue.empty() and not self._busy:
+                self._writer.cancel()   # idle: waiting for a write that will not come
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, RuntimeError):
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._writer)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await self._writer

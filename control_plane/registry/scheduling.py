@@ -32,8 +32,9 @@ class QueuedJob:
 class PassInputs:
     queued: list[QueuedJob]
     policy_version: int
-    free: dict[PoolKey, int]
-    holds: dict[PoolKey, int]
+    # None when the pass did not ask for them (it still has the capacity it computed).
+    free: dict[PoolKey, int] | None
+    holds: dict[PoolKey, int] | None
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,6 @@ class PlacementOrder:
 class SchedulingStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-
-    async def queued(self, limit: int) -> list[QueuedJob]:
-        """Queued jobs, the job's own priority first, then in submit order (the scheduler
-        orders each batch by the policy's rule priority)."""
-        async with self._db.read() as session:
-            return await _queued(session, limit)
 
     async def attempt_spans(self, now: datetime, projects: Sequence[str]) -> list[AttemptSpan]:
         """The attempts of these projects (those with quotas) that hold GPUs now or ran
@@ -98,17 +93,21 @@ class SchedulingStore:
         async with self._db.read() as session:
             return await _capacity(session)
 
-    async def pass_inputs(self, limit: int) -> PassInputs:
+    async def pass_inputs(self, limit: int, *, capacity: bool = True) -> PassInputs:
         """What a scheduling pass reads, in one session (one connection, one round trip
-        each): the queue's head, and if it is not empty the policy version in force and
-        the capacity."""
+        each): the queue's head (the job's own priority first, then in submit order; the
+        scheduler orders it by the policy's rule priority) with the policy version in
+        force, and if the queue is not empty and the pass asks for it, the capacity."""
         async with self._db.read() as session:
-            queued = await _queued(session, limit)
-            if not queued:
+            rows = (await session.execute(_QUEUED, {"limit": limit})).all()
+            if not rows:
                 return PassInputs([], 0, {}, {})
-            version = await session.scalar(_POLICY_VERSION)
-            free, holds = await _capacity(session)
-        return PassInputs(queued, int(version or 0), free, holds)
+            queued = [
+                QueuedJob(job_id, dict(spec), priority, created_at, message)
+                for job_id, spec, priority, created_at, message, _ in rows
+            ]
+            free, holds = await _capacity(session) if capacity else (None, None)
+        return PassInputs(queued, int(rows[0][-1] or 0), free, holds)
 
     async def apply(
         self, orders: Sequence[PlacementOrder], waiting: dict[str, str], now: datetime
@@ -191,12 +190,15 @@ class SchedulingStore:
 
 # A pass's statements, built once (see attempt_states.select_attempts).
 _QUEUED = (
-    sa.select(JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message)
+    sa.select(
+        JOBS.c.id, JOBS.c.spec, JOBS.c.priority, JOBS.c.created_at, JOBS.c.message,
+        # The policy in force, in the same round trip (computed once per statement).
+        sa.select(sa.func.max(PolicyVersionRow.version)).scalar_subquery(),
+    )
     .where(JOBS.c.phase == JobPhase.QUEUED.value)
     .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
     .limit(sa.bindparam("limit"))
 )
-_POLICY_VERSION = sa.select(sa.func.max(PolicyVersionRow.version))
 _LOCK_QUEUED = (
     sa.select(JOBS.c.id, JOBS.c.epoch)
     .where(JOBS.c.id.in_(list_param("ids")), JOBS.c.phase == JobPhase.QUEUED.value)
@@ -223,14 +225,6 @@ _WAITING = (
     .where(JOBS.c.id == sa.bindparam("job_id"), JOBS.c.phase == JobPhase.QUEUED.value)
     .values(message=sa.bindparam("why"), updated_at=sa.bindparam("now"))
 )
-
-
-async def _queued(session: Any, limit: int) -> list[QueuedJob]:
-    return [
-        QueuedJob(job_id, dict(spec), priority, created_at, message)
-        for job_id, spec, priority, created_at, message
-        in await session.execute(_QUEUED, {"limit": limit})
-    ]
 
 
 def _capacity_query() -> sa.Select[Any]:

@@ -189,16 +189,40 @@ async def test_a_lone_write_waits_its_linger_for_company_and_a_busy_queue_does_n
     await writes.close()
 
 
-async def test_a_write_lingering_when_the_writer_stops_is_cancelled_not_left_hanging() -> None:
-    async def apply(items: Sequence[str]) -> list[str | BaseException]:
-        return list(items)
+async def test_closing_applies_the_queued_writes_and_a_lingering_one_at_once() -> None:
+    batches: list[list[str]] = []
 
-    writes: GroupCommit[str, str] = GroupCommit(apply, linger_s=10.0)
+    async def apply(items: Sequence[str]) -> list[str | BaseException]:
+        batches.append(list(items))
+        await asyncio.sleep(0.05)
+        return [item.upper() for item in items]
+
+    writes: GroupCommit[str, str] = GroupCommit(apply, max_batch=2, linger_s=10.0)
     lingering = writes.write("a")
     await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    await writes.close()   # a shutdown: "a" is received, and is not dropped
+    assert await lingering == "A"
+    assert asyncio.get_running_loop().time() - started < 1.0   # no 10 s linger
+
+    first, second, third = writes.write("b"), writes.write("c"), writes.write("d")
+    await asyncio.sleep(0.01)   # the writer holds [b, c]; d waits in the queue
     await writes.close()
+    assert await asyncio.gather(first, second, third) == ["B", "C", "D"]
+    assert batches == [["a"], ["b", "c"], ["d"]]
+
+
+async def test_closing_gives_up_on_a_database_that_does_not_answer() -> None:
+    async def apply(items: Sequence[str]) -> list[str | BaseException]:
+        await asyncio.sleep(60)   # the database went away mid-transaction
+        return list(items)
+
+    writes: GroupCommit[str, str] = GroupCommit(apply)
+    stuck = writes.write("a")
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(writes.close(timeout_s=0.1), 2.0)
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(lingering, 1.0)
+        await stuck
 
 
 async def test_an_update_carrying_several_changes_applies_them_in_order(

@@ -276,10 +276,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             session.send(agent_pb2.ControlMessage(forget=agent_pb2.Forget(attempt_id=attempt_id)))
         if outcome.changed_jobs:
             self._hub.notify_jobs(outcome.changed_jobs)
-        # Only news wakes the scheduler: a heartbeat that repeats the last one (most do)
-        # leaves the pass to its interval, or thousands of agents would run it nonstop.
-        if outcome.changed_jobs or outcome.pools_changed:
-            self._scheduler.wake(Wake.FLEET if outcome.pools_changed else Wake.CAPACITY)
+        # Only news for the scheduler wakes it: changed pools, or attempts that ended (their
+        # GPUs freed, their jobs maybe queued again). A heartbeat that repeats the last one
+        # (most do) or an attempt that started leaves the pass to its interval, or
+        # thousands of agents would run it nonstop.
+        if outcome.pools_changed:
+            self._scheduler.wake(Wake.FLEET)
+        elif outcome.ended:
+            self._scheduler.wake(Wake.CAPACITY)
 
 
 async def _receive(

@@ -53,22 +53,31 @@ class JobStore:
     async def _store_submissions(
         self, submissions: Sequence[_Submission]
     ) -> list[list[tuple[JobRecord, bool]] | Exception]:
+        # Nearly every client key is new (a key is sent again only when a client retries):
+        # insert first, and look the keys up only when the unique index says one is known.
         try:
-            return list(await self._store(submissions))
+            return list(await self._store(submissions, look_up_keys=False))
+        except IntegrityError:
+            pass
+        try:
+            return list(await self._store(submissions, look_up_keys=True))
         except IntegrityError:
             # Another control plane stored a job with one of these client keys between our
             # read and our insert: read again (the keys now answer with its jobs).
-            return list(await self._store(submissions))
+            return list(await self._store(submissions, look_up_keys=True))
 
     async def _store(
-        self, submissions: Sequence[_Submission]
+        self, submissions: Sequence[_Submission], *, look_up_keys: bool
     ) -> list[list[tuple[JobRecord, bool]]]:
-        keyed = {(n.project, n.client_key) for s in submissions for n in s.jobs if n.client_key}
+        keyed = (
+            {(n.project, n.client_key) for s in submissions for n in s.jobs if n.client_key}
+            if look_up_keys else set()
+        )
         async with self._db.write() as session:
             known: dict[tuple[str, str | None], JobRecord] = {}
             if keyed:
                 # Both columns of the unique index, then the exact pairs (no portable tuple IN).
-                # (Core, ids only: nearly every key is new, and this runs for every submit.)
+                # (Core, ids only: the full rows are read for the keys found.)
                 candidates = await session.execute(
                     _BY_KEYS,
                     {"projects": sorted({project for project, _ in keyed}),

@@ -44,6 +44,7 @@ from control_plane.registry import (
     Leadership,
     PlacementOrder,
     PolicyStore,
+    QueuedJob,
     SchedulingStore,
 )
 from control_plane.sessions import SessionHub
@@ -109,13 +110,17 @@ class Scheduler:
         # woken by new jobs alone; None: read them (see _place_batch).
         self._ledger: CapacityLedger | None = None
         self._ledger_read_at = 0.0
-        self._capacity_news = 0   # wakes that said capacity changed, so far
+        self._capacity_news = 0   # wakes that said capacity may have shrunk, so far
+        self._capacity_grew = 0   # wakes that said it grew (attempts ended), so far
+        self._capacity_grew_read = 0   # ... as of the last capacity reading
         # What submits check a job against (never_fits): (taken at, pools, policy).
         self._submit_cache: tuple[float, list[PoolRecord], Policy] | None = None
 
     def wake(self, news: Wake = Wake.FLEET) -> None:
         """Run a pass soon, because of `news` (what the pass must read again)."""
-        if news is not Wake.NEW_JOBS:
+        if news is Wake.CAPACITY:
+            self._capacity_grew += 1
+        elif news is Wake.FLEET:
             self._ledger = None
             self._capacity_news += 1
         self._fleet_changed = self._fleet_changed or news is Wake.FLEET
@@ -270,12 +275,12 @@ class Scheduler:
         return version, place(demand, views, ledger, policy, await self.quota_usage(policy))
 
     async def _place_batch(self, records: list[DataplaneRecord]) -> tuple[int, int, bool]:
-        # Free capacity changes with heartbeats, ended attempts and other replicas' agents
-        # (read again on that news, and every interval), and with this pass's own
-        # placements (taken from the ledger as they are made).
+        # Free GPUs: the ledger the last pass left (its placements taken) while no news
+        # says they shrank (pools changed, a cordon: Wake.FLEET) and for at most an
+        # interval (other replicas' agents report elsewhere); else read again.
         if time.monotonic() - self._ledger_read_at >= self._interval_s:
             self._ledger = None
-        news = self._capacity_news
+        news, grew = self._capacity_news, self._capacity_grew
         inputs = await self._scheduling.pass_inputs(self._batch, capacity=self._ledger is None)
         queued = inputs.queued
         if not queued:
@@ -286,35 +291,24 @@ class Scheduler:
         if inputs.free is not None and inputs.holds is not None:
             self._ledger = ledger_for(inputs.free, inputs.holds)
             self._ledger_read_at = time.monotonic()
+            self._capacity_grew_read = grew
         ledger = self._ledger
         assert ledger is not None
         # Kept for the next pass only once this one's plan is applied in full.
         self._ledger = None
-        usage = await self.quota_usage(policy)
         jobs = sorted(
             ((demand_from_json(job.job_id, job.spec), job) for job in queued),
             key=lambda pair: queue_key(policy, pair[0], pair[1].priority, pair[1].created_at),
         )
-        orders: list[PlacementOrder] = []
-        waiting: dict[str, str] = {}
-        for demand, job in jobs:
-            decision = place(demand, views, ledger, policy, usage, explain=False)
-            if decision.placement is None:
-                if decision.summary != job.message:
-                    waiting[job.job_id] = decision.summary
-                continue
-            ledger.take(decision.placement, demand.gpus)
-            usage.take(demand.project, demand.gpus)
-            chosen = decision.candidates[0]
-            orders.append(
-                PlacementOrder(
-                    job.job_id,
-                    chosen.dataplane,
-                    chosen.pool,
-                    demand.gpus,
-                    f"placed on {chosen.dataplane}/{chosen.pool}: {chosen.reason}",
-                    job.spec,
-                )
+        orders, waiting = self._plan(jobs, views, ledger, policy, await self.quota_usage(policy))
+        if len(orders) < len(jobs) and grew != self._capacity_grew_read:
+            # Attempts ended since the ledger was read: it only undercounts, which is safe,
+            # but a job it leaves waiting may fit now. Plan again on a fresh reading.
+            self._capacity_grew_read = grew
+            ledger = ledger_for(*await self._scheduling.capacity())
+            self._ledger_read_at = time.monotonic()
+            orders, waiting = self._plan(
+                jobs, views, ledger, policy, await self.quota_usage(policy)
             )
         if not orders and not waiting:
             return 0, 0, False
@@ -341,6 +335,39 @@ class Scheduler:
             )
         self._hub.notify_jobs(attempt.job_id for attempt, _ in created)
         return len(created), len(queued) - len(created), len(queued) == self._batch
+
+    def _plan(
+        self,
+        jobs: list[tuple[JobDemand, QueuedJob]],
+        views: list[DataplaneView],
+        ledger: CapacityLedger,
+        policy: Policy,
+        usage: QuotaLedger,
+    ) -> tuple[list[PlacementOrder], dict[str, str]]:
+        """The pass's decisions, in queue order: what to place where, and why the others
+        wait (only where the reason changed). Takes from the ledger and the quotas."""
+        orders: list[PlacementOrder] = []
+        waiting: dict[str, str] = {}
+        for demand, job in jobs:
+            decision = place(demand, views, ledger, policy, usage, explain=False)
+            if decision.placement is None:
+                if decision.summary != job.message:
+                    waiting[job.job_id] = decision.summary
+                continue
+            ledger.take(decision.placement, demand.gpus)
+            usage.take(demand.project, demand.gpus)
+            chosen = decision.candidates[0]
+            orders.append(
+                PlacementOrder(
+                    job.job_id,
+                    chosen.dataplane,
+                    chosen.pool,
+                    demand.gpus,
+                    f"placed on {chosen.dataplane}/{chosen.pool}: {chosen.reason}",
+                    job.spec,
+                )
+            )
+        return orders, waiting
 
     async def _preempt_drained(self) -> None:
         """Stop what still runs on dataplanes whose drain deadline passed (see

@@ -1,7 +1,8 @@
 """The scheduler's view of free GPUs between passes (control_plane/scheduler.py, Wake).
 
-A pass woken by new jobs alone keeps the free GPUs the last pass left; news that capacity
-changed (an attempt ended, a heartbeat changed pools) makes the next pass read them again.
+A pass woken by new jobs alone keeps the free GPUs the last pass left. News that they may
+have shrunk (a heartbeat changed pools) makes the next pass read them again; news that they
+grew (an attempt ended) makes it read them again only if the kept ones leave a job waiting.
 The schedule interval is long here, so nothing below is the interval's own re-read.
 """
 
@@ -31,17 +32,23 @@ LONG = {"schedule_interval_s": 30.0}
 
 @pytest.fixture
 def capacity_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each scheduling pass that found jobs queued read the free GPUs, in order."""
+    """Whether each scheduling pass that found jobs queued read the free GPUs, in order
+    (and True for every reading of them on their own)."""
     reads: list[bool] = []
-    original = SchedulingStore.pass_inputs
+    pass_inputs, capacity_of = SchedulingStore.pass_inputs, SchedulingStore.capacity
 
-    async def spy(self: SchedulingStore, limit: int, *, capacity: bool = True) -> Any:
-        inputs = await original(self, limit, capacity=capacity)
+    async def inputs_spy(self: SchedulingStore, limit: int, *, capacity: bool = True) -> Any:
+        inputs = await pass_inputs(self, limit, capacity=capacity)
         if inputs.queued:   # (an empty queue ends the read before the capacity)
             reads.append(capacity)
         return inputs
 
-    monkeypatch.setattr(SchedulingStore, "pass_inputs", spy)
+    async def capacity_spy(self: SchedulingStore) -> Any:
+        reads.append(True)
+        return await capacity_of(self)
+
+    monkeypatch.setattr(SchedulingStore, "pass_inputs", inputs_spy)
+    monkeypatch.setattr(SchedulingStore, "capacity", capacity_spy)
     return reads
 
 
@@ -99,4 +106,22 @@ async def test_a_heartbeat_with_more_free_gpus_is_seen_by_the_next_pass(
         agent.pools = [gpu_pool("h100", total=2, free=2)]   # another tenant let go of them
         await agent.heartbeat()
         assert (await agent.expect("launch")).job_id == waiting.id
+        await agent.close()
+
+
+async def test_an_ended_attempt_is_no_reason_to_read_while_the_kept_gpus_suffice(
+    database_url: str, capacity_reads: list[bool]
+) -> None:
+    async with control_plane(database_url, **LONG) as (cp, _), job_client(cp.port) as jobs:
+        agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100", total=4)])
+        await agent.join()
+        first = await submit(jobs, job_spec())
+        launch = await agent.expect("launch")
+        await agent.update(status(launch.attempt_id, P.ATTEMPT_PHASE_SUCCEEDED, exit_code=0))
+        await wait_for_phase(jobs, first.id, P.JOB_PHASE_SUCCEEDED)
+        reads = capacity_reads.count(True)
+        # 3 of the 4 GPUs are still free as the scheduler counts them: enough for this one.
+        await submit(jobs, job_spec())
+        await agent.expect("launch")
+        assert capacity_reads.count(True) == reads, capacity_reads
         await agent.close()

@@ -131,9 +131,11 @@ class Scheduler:
         """Whether this replica ran the last passes (tests and status)."""
         return self._leadership is None or self._leading
 
-    def views(self, records: list[DataplaneRecord]) -> list[DataplaneView]:
+    def views(self, records: list[DataplaneRecord]) -> tuple[DataplaneView, ...]:
+        """The dataplanes as placement sees them now (a tuple: the ledger's fleet plan is
+        cached for this very object, so a pass's jobs do not compare fleets)."""
         now = self._clock.now()
-        return [
+        return tuple(
             DataplaneView(
                 r.name,
                 self._timers.health(r.last_heartbeat_at, now),
@@ -142,7 +144,7 @@ class Scheduler:
                 r.unavailable_because,
             )
             for r in records
-        ]
+        )
 
     async def run(self) -> None:
         """Pass after pass until cancelled; a failing pass is logged and retried."""
@@ -339,7 +341,7 @@ class Scheduler:
     def _plan(
         self,
         jobs: list[tuple[JobDemand, QueuedJob]],
-        views: list[DataplaneView],
+        views: tuple[DataplaneView, ...],
         ledger: CapacityLedger,
         policy: Policy,
         usage: QuotaLedger,

@@ -116,8 +116,14 @@ class CapacityLedger:
     def plan(self, policy: Policy, dataplanes: Sequence[DataplaneView]) -> FleetPlan:
         views = dataplanes if isinstance(dataplanes, tuple) else tuple(dataplanes)
         cached = self._plans.get(id(policy))
-        if cached is not None and cached[1].policy is policy and cached[0] == views:
-            return cached[1]
+        if cached is not None and cached[1].policy is policy:
+            if cached[0] is views:
+                return cached[1]
+            if cached[0] == views:
+                # Equal views of a later pass (the ledger outlived its pass): keep these, so
+                # the pass's other jobs compare by identity, not field by field.
+                self._plans[id(policy)] = (views, cached[1])
+                return cached[1]
         plan = FleetPlan(
             policy, [(pool, _unavailable(view)) for view in views for pool in view.pools]
         )

@@ -60,7 +60,7 @@ class Wake(enum.Enum):
     """Why a pass should run: what it must read again."""
 
     NEW_JOBS = "new jobs"   # only the queue grew: dataplanes and free GPUs as last left
-    CAPACITY = "capacity"   # attempts changed (ended, counted): the free GPUs
+    CAPACITY = "capacity"   # attempts ended: free GPUs grew (a kept ledger undercounts)
     FLEET = "fleet"         # dataplanes joined, left or changed pools; cordons; policies
 
 
@@ -110,7 +110,7 @@ class Scheduler:
         # woken by new jobs alone; None: read them (see _place_batch).
         self._ledger: CapacityLedger | None = None
         self._ledger_read_at = 0.0
-        self._capacity_news = 0   # wakes that said capacity may have shrunk, so far
+        self._capacity_shrank = 0   # wakes that said free GPUs may have shrunk, so far
         self._capacity_grew = 0   # wakes that said it grew (attempts ended), so far
         self._capacity_grew_read = 0   # ... as of the last capacity reading
         # What submits check a job against (never_fits): (taken at, pools, policy).
@@ -122,7 +122,7 @@ class Scheduler:
             self._capacity_grew += 1
         elif news is Wake.FLEET:
             self._ledger = None
-            self._capacity_news += 1
+            self._capacity_shrank += 1
         self._fleet_changed = self._fleet_changed or news is Wake.FLEET
         self._wake.set()
 
@@ -282,7 +282,7 @@ class Scheduler:
         # interval (other replicas' agents report elsewhere); else read again.
         if time.monotonic() - self._ledger_read_at >= self._interval_s:
             self._ledger = None
-        news, grew = self._capacity_news, self._capacity_grew
+        shrank, grew = self._capacity_shrank, self._capacity_grew
         inputs = await self._scheduling.pass_inputs(self._batch, capacity=self._ledger is None)
         queued = inputs.queued
         if not queued:
@@ -318,7 +318,7 @@ class Scheduler:
         created = await self._scheduling.apply(orders, waiting, now)
         # (Not if capacity news came meanwhile, nor if a job cancelled meanwhile kept
         # GPUs taken.)
-        if news == self._capacity_news and len(created) == len(orders):
+        if shrank == self._capacity_shrank and len(created) == len(orders):
             self._ledger = ledger
         for attempt, spec in created:
             self._hub.send(attempt.dataplane, launch_message(attempt, spec))

@@ -22,6 +22,7 @@ from control_plane.api.errors import Context, refuse
 from control_plane.api.peer import check_agent_peer
 from control_plane.api.validation import agent_message_problems, check, hello_problems, joined
 from control_plane.clock import Clock
+from control_plane.domain.reconcile import ReportedAttempt
 from control_plane.domain.records import PoolRecord
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.registry import DataplaneStore, ReplicaStore, ReportOutcome, TokenRevoked
@@ -212,22 +213,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         kind = message.WhichOneof("body")
         if kind == "heartbeat":
             pools = _pools(hello, message.heartbeat)
-            await self._report(session, pools, message.heartbeat.attempts, full_state=True)
+            reported = _reported(message.heartbeat.attempts)
+            await self._report(session, pools, reported, full_state=True)
         elif kind == "attempt_update":
             update = message.attempt_update
             # One report per run of distinct attempts: a later change of the same attempt
             # (RUNNING, then SUCCEEDED) is applied after the earlier, as if sent alone.
-            # All are queued now, in order, before anything is awaited: they share a
-            # group commit, and stay ahead of the agent's later messages.
-            pending: list[Coroutine[None, None, None]] = []
-            try:
-                for statuses in _runs_of_distinct_attempts([update.status, *update.more]):
-                    pending.append(self._report(session, None, statuses, full_state=False))
-            except ProtocolError:
-                for report in pending:   # queued already; the stream ends with the error
-                    report.close()
-                raise
-            await asyncio.gather(*pending)
+            # All are read first (a bad one refuses the message, nothing queued), then
+            # queued in order before anything is awaited: they share a group commit, and
+            # stay ahead of the agent's later messages.
+            runs = [
+                _reported(statuses)
+                for statuses in _runs_of_distinct_attempts([update.status, *update.more])
+            ]
+            await asyncio.gather(*[
+                self._report(session, None, run, full_state=False) for run in runs
+            ])
         elif kind == "log_chunk":
             self._hub.deliver_log(clipped_log_chunk(message.log_chunk))
         else:
@@ -237,16 +238,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self,
         session: AgentSession,
         pools: list[PoolRecord] | None,
-        statuses: Iterable[agent_pb2.AttemptStatus],
+        reported: list[ReportedAttempt],
         *,
         full_state: bool,
     ) -> Coroutine[None, None, None]:
         """Queue the report for the registry now (reports keep the order of these calls);
         the coroutine returned awaits its outcome and acts on it."""
-        try:
-            reported = [reported_from_proto(s) for s in statuses]
-        except ValueError as exc:
-            raise ProtocolError(str(exc)) from exc
         # Revocation is checked in the report's own transaction: no extra read a beat.
         queued = self._dataplanes.apply_report(
             session.dataplane, pools, reported, full_state=full_state,
@@ -304,6 +301,13 @@ async def _receive(
         await inbox.put(None)
         raise
     await inbox.put(None)
+
+
+def _reported(statuses: Iterable[agent_pb2.AttemptStatus]) -> list[ReportedAttempt]:
+    try:
+        return [reported_from_proto(s) for s in statuses]
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
 
 
 def _runs_of_distinct_attempts(

@@ -30,6 +30,12 @@ P = types_pb2
 LONG = {"schedule_interval_s": 30.0}
 
 
+async def assert_still_waiting(jobs: Any, job_id: str) -> None:
+    """The job is queued with no attempt, a moment after anything could have placed it."""
+    await asyncio.sleep(0.2)
+    assert (await wait_for_phase(jobs, job_id, P.JOB_PHASE_QUEUED)).attempts == []
+
+
 @pytest.fixture
 def capacity_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each scheduling pass that found jobs queued read the free GPUs, in order
@@ -65,8 +71,7 @@ async def test_passes_woken_by_new_jobs_alone_keep_the_capacity_they_computed(
         assert capacity_reads.count(True) == 1, capacity_reads
         # A fourth job finds the 3 GPUs taken without reading them again: it waits.
         fourth = await submit(jobs, job_spec())
-        await asyncio.sleep(0.2)
-        assert (await wait_for_phase(jobs, fourth.id, P.JOB_PHASE_QUEUED)).attempts == []
+        await assert_still_waiting(jobs, fourth.id)
         assert capacity_reads.count(True) == 1, capacity_reads
         await agent.close()
 
@@ -81,8 +86,7 @@ async def test_an_attempt_that_ends_frees_its_gpus_for_the_next_pass(
         launch = await agent.expect("launch")
         second = await submit(jobs, job_spec())
         await agent.update(status(launch.attempt_id, P.ATTEMPT_PHASE_RUNNING))
-        await asyncio.sleep(0.2)   # a start is no news for the scheduler: still waiting
-        assert (await wait_for_phase(jobs, second.id, P.JOB_PHASE_QUEUED)).attempts == []
+        await assert_still_waiting(jobs, second.id)   # a start is no news for the scheduler
         reads_before_end = capacity_reads.count(True)
 
         # No heartbeat: the update alone says the GPU is free again (its hold is gone).
@@ -100,8 +104,7 @@ async def test_a_heartbeat_with_more_free_gpus_is_seen_by_the_next_pass(
         agent = FakeAgent(cp.port, "onprem", [gpu_pool("h100", total=2, free=0)])
         await agent.join()
         waiting = await submit(jobs, job_spec())
-        await asyncio.sleep(0.2)
-        assert (await wait_for_phase(jobs, waiting.id, P.JOB_PHASE_QUEUED)).attempts == []
+        await assert_still_waiting(jobs, waiting.id)
 
         agent.pools = [gpu_pool("h100", total=2, free=2)]   # another tenant let go of them
         await agent.heartbeat()
